@@ -1,0 +1,1 @@
+"""Curation: readers, normalisation, quality filters, exact + MinHash dedup, PII, annotation routing."""

@@ -1,0 +1,1 @@
+"""Synthesis: teachers, prompt templates, distilabel pipelines, judging and post-filters."""

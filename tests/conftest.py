@@ -1,0 +1,1 @@
+from tests.core.conftest import corpus  # noqa: F401  (shared fixture)
