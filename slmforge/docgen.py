@@ -1,0 +1,77 @@
+"""Generate docs/recipe-reference.md from the config models (run: python -m slmforge.docgen)."""
+
+from __future__ import annotations
+
+import sys
+import typing
+from pathlib import Path
+
+from pydantic_core import PydanticUndefined
+
+HEADER = """# Recipe reference
+
+Generated from the config models by `python -m slmforge.docgen` (a test checks it is current).
+Every key is validated before any work starts; unknown keys fail with the list of valid ones.
+Fields marked *runtime* change how a stage runs, never what it outputs: they are not part of
+the stage fingerprint, so changing them does not recompute anything.
+
+Every stage entry also takes `name` (unique step name, default: the stage type) and `inputs`
+(names of earlier steps to read; default: the step before it).
+"""
+
+
+def _type(annotation) -> str:
+    text = str(annotation).replace("typing.", "")
+    if isinstance(annotation, type):
+        text = annotation.__name__
+    return text.replace("NoneType", "None").replace("|", "\\|")
+
+
+def _default(field) -> str:
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return "**required**"
+    value = field.default_factory() if field.default_factory is not None else field.default
+    return f"`{value!r}`"
+
+
+def model_table(model) -> list[str]:
+    lines = ["| key | type | default | description |", "|---|---|---|---|"]
+    for name, field in model.model_fields.items():
+        if name in ("stage", "name", "inputs", "source_file"):
+            continue
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        desc = (field.description or "").replace("|", "\\|").replace("\n", " ")
+        if extra.get("runtime"):
+            desc = "*runtime* — " + desc
+        lines.append(f"| `{name}` | {_type(field.annotation)} | {_default(field)} | {desc} |")
+    return lines
+
+
+def render() -> str:
+    import schemas.config as cfg
+
+    out = [HEADER, "## Top level", ""]
+    out += model_table(cfg.Recipe)
+    out.append("")
+    for stage, model in sorted(cfg.STAGE_CONFIGS.items(), key=lambda kv: (kv[1].__module__, kv[0])):
+        out.append(f"## `stage: {stage}`")
+        out.append("")
+        doc = typing.cast(str, model.__doc__ or "").strip()
+        if doc:
+            out.append(" ".join(line.strip() for line in doc.splitlines()))
+            out.append("")
+        out.append(f"Implementation: `{model.impl}`")
+        out.append("")
+        out += model_table(model)
+        out.append("")
+    return "\n".join(out)
+
+
+def main() -> None:
+    path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path("docs/recipe-reference.md")
+    path.write_text(render())
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
