@@ -1,3 +1,174 @@
-"""Stage configs of the train area (see its issue). Each class registers itself by its `stage` literal."""
+"""Stage configs of the train area: dataset splits, base model, LoRA/QLoRA SFT, eval, GGUF export.
+
+Each class registers itself by its ``stage`` literal. Defaults are the usual LoRA SFT values
+(rank 16, alpha 32, lr 2e-4, 3 epochs); no default model path exists (DESIGN §6.4).
+"""
 
 from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from schemas.config.base import StageConfig, Strict, runtime
+from schemas.errors import ConfigError
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+QUANTS = ("F16", "Q8_0", "Q4_0")
+
+
+class DatasetConfig(StageConfig):
+    """EXAMPLES rows -> the same rows with ``split`` set (train/validation/test).
+
+    Rows are grouped by source document (rows sharing any ``source_ids`` entry form one group) and
+    whole groups are assigned to splits, so near-identical rows never straddle splits. The
+    assignment is deterministic for a given seed. Rows without a usable conversation (no assistant
+    turn, empty content, unknown role) are quarantined.
+    """
+
+    impl: ClassVar[str] = "train.dataset:DatasetStage"
+    stage: Literal["dataset"] = "dataset"
+    seed: int = Field(0, description="Seed of the split assignment (any integer).")
+    validation_fraction: float = Field(0.1, ge=0, le=0.5, description="Share of source-document groups in validation, 0-0.5.")
+    test_fraction: float = Field(0.1, ge=0, le=0.5, description="Share of source-document groups in the held-out test split, 0-0.5.")
+
+
+class TinyModelConfig(Strict):
+    """A tiny randomly initialised model plus a byte-level BPE tokenizer trained on upstream text (offline demos, tests)."""
+
+    architecture: Literal["llama", "qwen2"] = Field("llama", description="Model architecture of the tiny model.")
+    vocab_size: int = Field(512, ge=300, le=65_536, description="Target BPE vocabulary size (tokens), incl. 256 bytes + specials.")
+    hidden_size: int = Field(64, ge=32, le=4096, description="Hidden size; a multiple of 32 (GGUF quant blocks) and of num_heads.")
+    intermediate_size: int = Field(128, ge=32, le=16_384, description="MLP width; a multiple of 32.")
+    num_layers: int = Field(2, ge=1, le=48, description="Decoder layers.")
+    num_heads: int = Field(4, ge=1, le=64, description="Attention heads.")
+    num_kv_heads: int = Field(2, ge=1, le=64, description="Key/value heads (grouped-query attention); divides num_heads.")
+    max_position_embeddings: int = Field(1024, ge=64, le=131_072, description="Context length in tokens.")
+    seed: int = Field(0, description="Seed of the weight initialisation.")
+    pretrain_steps: int = Field(
+        0, ge=0, le=100_000,
+        description="Full-parameter causal-LM steps on the 'text' column of the inputs (documents, chunks) so the "
+        "base is a language model rather than random weights; 0 = none. Never uses example messages (held-out rows).",
+    )
+    pretrain_learning_rate: float = Field(2e-3, gt=0, le=1, description="AdamW learning rate of the pretraining steps.")
+    pretrain_block_size: int = Field(128, ge=16, le=8192, description="Tokens per pretraining sequence.")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> TinyModelConfig:
+        if self.hidden_size % 32 or self.intermediate_size % 32:
+            raise ValueError("hidden_size and intermediate_size must be multiples of 32 (GGUF Q8_0/Q4_0 block size)")
+        if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must divide hidden_size and num_kv_heads must divide num_heads")
+        if (self.hidden_size // self.num_heads) % 2:
+            raise ValueError("head size (hidden_size / num_heads) must be even for rotary embeddings")
+        return self
+
+
+class BaseModelConfig(StageConfig):
+    """The base model as an artifact folder ``model/`` (weights + tokenizer with the chat template).
+
+    Either ``path`` (a local Hugging Face folder, copied) or ``tiny`` (built from a config; its
+    tokenizer is trained on the text/messages of this step's inputs).
+    """
+
+    impl: ClassVar[str] = "train.base_model:BaseModelStage"
+    stage: Literal["base_model"] = "base_model"
+    path: str | None = Field(None, description="Local Hugging Face model folder (config.json, weights, tokenizer).")
+    tiny: TinyModelConfig | None = Field(None, description="Build a tiny model instead of reading 'path'.")
+    chat_template: str | None = Field(
+        None,
+        description="Jinja chat template replacing the tokenizer's; must wrap assistant content and the end-of-turn "
+        "token in {% generation %}...{% endgeneration %}. None: keep the tokenizer's (tiny: the built-in ChatML one).",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BaseModelConfig:
+        if (self.path is None) == (self.tiny is None):
+            raise ConfigError("base_model: set exactly one of 'path' or 'tiny'",
+                              received={"path": self.path, "tiny": self.tiny is not None},
+                              fix="write 'path: /models/my-model' or 'tiny: {}'")
+        return self
+
+
+class TrainConfig(StageConfig):
+    """LoRA / QLoRA supervised fine-tuning on the train split (loss on assistant tokens only).
+
+    Inputs: a ``dataset`` step (EXAMPLES with split) and a ``base_model`` step.
+    """
+
+    impl: ClassVar[str] = "train.sft:TrainStage"
+    stage: Literal["train"] = "train"
+    quantization: Literal["auto", "none", "nf4"] = Field(
+        "auto",
+        description="'auto': QLoRA (bitsandbytes 4-bit NF4) on CUDA, plain LoRA with a warning on CPU; 'none': LoRA; "
+        "'nf4': 4-bit NF4 even on CPU (needs bitsandbytes; slow).",
+    )
+    rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
+    alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout probability, 0-1.")
+    target_modules: list[str] = Field(list(LORA_TARGETS), min_length=1, description="Module names that get LoRA adapters.")
+    learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")
+    lr_scheduler: Literal["linear", "cosine", "constant"] = Field("linear", description="Learning-rate schedule.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay.")
+    epochs: float = Field(3.0, gt=0, le=100, description="Passes over the train split.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs).")
+    batch_size: int = Field(8, ge=1, le=1024, description="Sequences per device step.")
+    gradient_accumulation: int = Field(1, ge=1, le=1024, description="Device steps per optimizer step.")
+    max_length: int = Field(1024, ge=16, le=131_072, description="Maximum tokens per training sequence; longer rows are truncated.")
+    packing: bool = Field(False, description="Concatenate examples into max_length sequences (faster, but attention crosses examples).")
+    seed: int = Field(0, description="Seed of LoRA init, shuffling and dropout.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto': bf16 on CUDA when supported, else fp32.")
+    gradient_checkpointing: bool = runtime(False, description="Trade compute for memory (CUDA models).")
+    save_steps: int = runtime(50, ge=1, description="Write a resumable checkpoint every this many optimizer steps.")
+    logging_steps: int = runtime(1, ge=1, description="Record the loss every this many optimizer steps.")
+    threads: int | None = runtime(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+
+
+class EvalConfig(StageConfig):
+    """Base vs tuned on the held-out test split: loss/perplexity and exact match / token F1 / ROUGE-L.
+
+    Inputs: the ``dataset``, ``base_model`` and ``train`` steps.
+    """
+
+    impl: ClassVar[str] = "train.evaluate:EvalStage"
+    stage: Literal["eval"] = "eval"
+    split: Literal["test", "validation"] = Field("test", description="Split evaluated.")
+    max_examples: int = Field(64, ge=1, le=100_000, description="Evaluate at most this many rows of the split (first by id).")
+    max_new_tokens: int = Field(64, ge=1, le=4096, description="Greedy generation length for answer metrics (tokens).")
+    max_length: int = Field(1024, ge=16, le=131_072, description="Tokens per row for the loss (longer rows truncated).")
+    batch_size: int = runtime(8, ge=1, le=1024, description="Rows per forward pass.")
+    threads: int | None = runtime(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+
+
+class ExportConfig(StageConfig):
+    """Merge the adapter, write GGUF files + an Ollama Modelfile, and verify every file.
+
+    Inputs: ``dataset`` (held-out prompts), ``base_model`` and ``train``; optionally ``eval`` (its
+    results go into the model card). A failing parity gate or verification fails the stage.
+    """
+
+    impl: ClassVar[str] = "train.export:ExportStage"
+    stage: Literal["export"] = "export"
+    quantizations: list[Literal["F16", "Q8_0", "Q4_0"]] = Field(
+        list(QUANTS), min_length=1, description="GGUF files to write (numpy quantisers of the gguf package)."
+    )
+    model_name: str = Field("slmforge-model", pattern=r"^[a-z0-9][a-z0-9._-]*$",
+                            description="Name used in file names, the model card and the Ollama Modelfile.")
+    ollama_quantization: Literal["F16", "Q8_0", "Q4_0"] = Field("Q8_0", description="GGUF file the Modelfile points to.")
+    system_prompt: str | None = Field(None, description="Optional SYSTEM line of the Ollama Modelfile.")
+    verify_prompts: int = Field(16, ge=1, le=10_000, description="Held-out prompts compared between merged model and each GGUF.")
+    min_top1: dict[str, float] = Field(
+        {"F16": 1.0, "Q8_0": 1.0, "Q4_0": 0.97},
+        description="Minimum next-token top-1 agreement (0-1, over every position of the held-out prompts) per file.",
+    )
+    parity_samples: int = Field(16, ge=1, le=10_000, description="Conversations rendered for the chat-template parity gate.")
+    keep_merged: bool = Field(True, description="Also write the merged Hugging Face model (safetensors) to merged/.")
+    threads: int | None = runtime(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+
+    @model_validator(mode="after")
+    def _ollama_file_exported(self) -> ExportConfig:
+        if self.ollama_quantization not in self.quantizations:
+            raise ValueError(f"ollama_quantization {self.ollama_quantization} must be one of quantizations "
+                             f"{self.quantizations}")
+        return self

@@ -1,0 +1,177 @@
+"""One chat template, everywhere: tokenizer building, rendering with an assistant mask, the
+end-of-turn check and the parity gate between the training tokenizer and an exported one.
+
+The template wraps each assistant turn *and its end-of-turn token* in ``{% generation %}``
+markers, so ``apply_chat_template(..., return_assistant_tokens_mask=True)`` marks exactly the
+tokens the model must learn to produce, including the token that stops generation.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from schemas.errors import ConfigError, StageError
+
+BOS = "<s>"
+PAD = "<pad>"
+IM_START = "<|im_start|>"
+IM_END = "<|im_end|>"
+SPECIAL_TOKENS = [PAD, BOS, IM_START, IM_END]
+
+#: ChatML with generation markers around the assistant content and its end-of-turn token.
+CHATML_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<|im_start|>assistant\\n' }}{% generation %}{{ message['content'] }}{{ '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+_GENERATION_TAG = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
+
+#: conversations with awkward text (unicode, digits, whitespace runs, template-like braces) that
+#: every parity check renders besides held-out rows
+PARITY_PROBES: list[list[dict[str, str]]] = [
+    [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi, how can I help?"}],
+    [
+        {"role": "system", "content": "You answer in one sentence."},
+        {"role": "user", "content": "  Größe: 42 °C?\tTabs\n\nand   spaces  "},
+        {"role": "assistant", "content": "Café — naïve {{ braces }} 1234567 😀 done."},
+    ],
+]
+
+
+def has_generation_markers(template: str | None) -> bool:
+    return bool(template) and "{% generation %}" in re.sub(r"\{%-?\s*generation\s*-?%\}", "{% generation %}", template)
+
+
+def strip_generation_markers(template: str) -> str:
+    """The template without ``{% generation %}``/``{% endgeneration %}`` (for GGUF, Ollama, llama.cpp)."""
+    return _GENERATION_TAG.sub("", template)
+
+
+def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int, chat_template: str = CHATML_TEMPLATE):
+    """A byte-level BPE tokenizer (GPT-2 pre-tokenizer) trained on ``texts``, with ChatML specials.
+
+    The GPT-2 pre-tokenizer is what a GGUF with ``tokenizer.ggml.pre = "gpt-2"`` is rebuilt with
+    (by llama.cpp and by transformers), so the exported tokenizer tokenizes identically.
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=BOS, eos_token=IM_END, pad_token=PAD,
+        additional_special_tokens=[IM_START], chat_template=chat_template,
+    )
+
+
+def check_template(tokenizer: Any, *, where: str) -> None:
+    """Fail early unless the template marks assistant turns (``{% generation %}``)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        raise ConfigError(f"{where}: the tokenizer has no chat template",
+                          fix="set 'chat_template:' on the base_model step (with {% generation %} markers)")
+    if not has_generation_markers(template):
+        raise ConfigError(
+            f"{where}: the chat template has no {{% generation %}} markers, so assistant tokens cannot be masked",
+            received=template[:200] + ("…" if len(template) > 200 else ""),
+            expected="assistant content and end-of-turn token wrapped in {% generation %}...{% endgeneration %}",
+            fix="set 'chat_template:' on the base_model step to a template with generation markers",
+        )
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that ends an assistant turn: the first special token of the rendered assistant turn's tail."""
+    probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    enc = tokenizer.apply_chat_template(probe, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
+    trained = [i for i, m in zip(ids, mask) if m]
+    special = set(tokenizer.all_special_ids)
+    tail = [i for i in trained if i in special]
+    if tail:
+        return tail[-1]
+    if tokenizer.eos_token_id is not None:
+        return int(tokenizer.eos_token_id)
+    raise ConfigError("cannot tell the end-of-turn token: the template's generation block has no special token",
+                      fix="put the end-of-turn token (e.g. <|im_end|>) inside {% generation %}...{% endgeneration %}")
+
+
+def encode_example(tokenizer: Any, messages: Sequence[dict[str, str]], *, max_length: int) -> dict[str, Any]:
+    """input_ids + labels (-100 outside assistant turns), truncated to ``max_length``."""
+    enc = tokenizer.apply_chat_template(list(messages), tokenize=True, return_dict=True,
+                                        return_assistant_tokens_mask=True)
+    ids = list(enc["input_ids"])
+    mask = list(enc["assistant_masks"])
+    truncated = len(ids) > max_length
+    ids, mask = ids[:max_length], mask[:max_length]
+    labels = [t if m else -100 for t, m in zip(ids, mask)]
+    return {"input_ids": ids, "labels": labels, "truncated": truncated}
+
+
+def check_end_of_turn_trained(encoded: Sequence[dict[str, Any]], *, eot_id: int, tokenizer: Any) -> int:
+    """Every untruncated example must train its end-of-turn token; returns how many rows were checked."""
+    checked = 0
+    for row in encoded:
+        if row["truncated"]:
+            continue
+        checked += 1
+        if eot_id not in row["labels"]:
+            raise StageError(
+                "the end-of-turn token is not among the trained tokens, so the tuned model would never stop",
+                received=f"trained tokens end with {tokenizer.convert_ids_to_tokens([t for t in row['labels'] if t != -100][-3:])}",
+                expected=f"{tokenizer.convert_ids_to_tokens([eot_id])[0]!r} inside the {{% generation %}} block",
+                fix="move the end-of-turn token inside {% generation %}...{% endgeneration %} in the chat template",
+            )
+    return checked
+
+
+def parity_gate(reference: Any, candidate: Any, conversations: Sequence[Sequence[dict[str, str]]], *,
+                where: str) -> dict[str, Any]:
+    """Render every conversation (with and without a generation prompt) through both tokenizers.
+
+    Raises :class:`StageError` on the first token difference; returns counts for the model card.
+    """
+    convs = [list(c) for c in conversations] + [list(c) for c in PARITY_PROBES]
+    checked = 0
+    for conv in convs:
+        variants = [(conv, False)]
+        if conv and conv[-1]["role"] == "assistant":
+            variants.append((conv[:-1], True))
+        for msgs, gen in variants:
+            a = list(reference.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen,
+                                                   return_dict=True)["input_ids"])
+            b = list(candidate.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen,
+                                                   return_dict=True)["input_ids"])
+            checked += 1
+            if a != b:
+                at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+                raise StageError(
+                    f"{where}: chat-template parity failed — the exported tokenizer renders a conversation differently",
+                    received=f"exported tokens from position {at}: {candidate.convert_ids_to_tokens(b[at:at + 8])}",
+                    expected=f"training tokens from position {at}: {reference.convert_ids_to_tokens(a[at:at + 8])}",
+                    fix="export the training tokenizer's template and vocabulary unchanged (see docs/train.md)",
+                )
+    return {"conversations": len(convs), "renderings": checked, "differences": 0}
+
+
+def prompt_and_reference(messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], str] | None:
+    """Split a conversation at its last assistant turn: (prompt messages, reference answer)."""
+    msgs = list(messages)
+    for i in range(len(msgs) - 1, -1, -1):
+        if msgs[i]["role"] == "assistant":
+            return msgs[:i], msgs[i]["content"]
+    return None

@@ -1,0 +1,197 @@
+"""Base vs tuned on held-out rows: loss/perplexity on assistant tokens, and answer metrics
+(exact match, token F1, ROUGE-L) of greedy generations against the reference answers.
+
+Writes ``eval.json`` (numbers), ``eval.md`` (the model-card section), ``eval.png`` (a bar chart)
+and ``samples.jsonl`` (prompts, references and both models' answers).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import string
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from schemas.config.train import EvalConfig
+from schemas.errors import StageError
+from schemas.io import write_json, write_text
+from schemas.stage import Stage, StageContext
+from train.chat import encode_example, prompt_and_reference
+from train.inputs import find_inputs, load_model, load_tokenizer, model_device, read_examples, torch_setup
+
+METRICS = ("exact_match", "token_f1", "rouge_l")
+
+
+# --- answer metrics (SQuAD-style normalisation) --------------------------------------------------
+
+def normalize_answer(text: str) -> list[str]:
+    text = text.lower()
+    text = "".join(ch for ch in text if ch not in set(string.punctuation))
+    text = re.sub(r"\b(a|an|the)\b", " ", text)
+    return text.split()
+
+
+def exact_match(prediction: str, reference: str) -> float:
+    return float(normalize_answer(prediction) == normalize_answer(reference))
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    p, r = normalize_answer(prediction), normalize_answer(reference)
+    if not p or not r:
+        return float(p == r)
+    common = sum((Counter(p) & Counter(r)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(p), common / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F1 over normalised tokens (longest common subsequence)."""
+    p, r = normalize_answer(prediction), normalize_answer(reference)
+    if not p or not r:
+        return float(p == r)
+    prev = [0] * (len(r) + 1)
+    for a in p:
+        cur = [0]
+        for j, b in enumerate(r):
+            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
+        prev = cur
+    lcs = prev[-1]
+    if lcs == 0:
+        return 0.0
+    precision, recall = lcs / len(p), lcs / len(r)
+    return 2 * precision * recall / (precision + recall)
+
+
+# --- model evaluation ---------------------------------------------------------------------------
+
+def heldout_loss(model, tokenizer, rows: list[dict], *, max_length: int, batch_size: int) -> dict[str, float]:
+    """Mean cross-entropy over assistant tokens (token-weighted) and its perplexity."""
+    import torch
+
+    from train.sft import collate
+
+    enc = [encode_example(tokenizer, r["messages"], max_length=max_length) for r in rows]
+    enc = [e for e in enc if any(t != -100 for t in e["labels"])]
+    total, count = 0.0, 0
+    device = model_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    with torch.no_grad():
+        for i in range(0, len(enc), batch_size):
+            batch = {k: v.to(device) for k, v in collate(enc[i:i + batch_size], pad_id=pad).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+            shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
+            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
+                                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            total += loss.item()
+            count += int((shift_labels != -100).sum())
+    mean = total / max(count, 1)
+    return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": count}
+
+
+def generate_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int) -> list[str]:
+    """Greedy answers, one prompt at a time (no padding effects), stopping at the end-of-turn token."""
+    import torch
+
+    device = model_device(model)
+    answers = []
+    for msgs in prompts:
+        ids = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True,
+                                            return_tensors="pt")["input_ids"].to(device)
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                 do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
+        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    return answers
+
+
+def score(answers: list[str], references: list[str]) -> dict[str, float]:
+    n = max(len(answers), 1)
+    return {
+        "exact_match": sum(exact_match(a, r) for a, r in zip(answers, references)) / n,
+        "token_f1": sum(token_f1(a, r) for a, r in zip(answers, references)) / n,
+        "rouge_l": sum(rouge_l(a, r) for a, r in zip(answers, references)) / n,
+    }
+
+
+def plot_comparison(results: dict[str, dict[str, float]], path: Path) -> None:
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 3.5), dpi=100)
+    ax = fig.add_subplot()
+    width = 0.38
+    xs = range(len(METRICS))
+    for k, name in enumerate(("base", "tuned")):
+        ax.bar([x + (k - 0.5) * width for x in xs], [results[name][m] for m in METRICS], width, label=name)
+    ax.set_xticks(list(xs), list(METRICS))
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("score (0-1)")
+    ax.set_title("held-out answers: base vs tuned")
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    tmp.replace(path)
+
+
+def card_section(results: dict[str, Any], *, split: str, rows: int) -> str:
+    """The markdown evaluation section of the model card."""
+    b, t = results["base"], results["tuned"]
+    lines = [
+        "## Evaluation (base vs tuned)",
+        "",
+        f"Held-out `{split}` split, {rows} rows; loss on assistant tokens only; answers are greedy generations.",
+        "",
+        "| metric | base | tuned |",
+        "|---|---:|---:|",
+        f"| loss | {b['loss']:.4f} | {t['loss']:.4f} |",
+        f"| perplexity | {b['perplexity']:.2f} | {t['perplexity']:.2f} |",
+    ]
+    lines += [f"| {m} | {b[m]:.3f} | {t[m]:.3f} |" for m in METRICS]
+    lines += ["", "![base vs tuned](eval.png)", ""]
+    return "\n".join(lines)
+
+
+class EvalStage(Stage[EvalConfig]):
+    kind = "artifact"
+    version = "1"
+
+    def run(self, ctx: StageContext) -> dict[str, Any]:
+        torch_setup(self.config.threads)
+        cfg = self.config
+        inputs = find_inputs(ctx.inputs)
+        inputs.need("examples", "base_model", "adapter", where=ctx.step)
+        out = Path(ctx.out_dir)
+        rows = read_examples(inputs.examples, split=cfg.split)[: cfg.max_examples]
+        if not rows:
+            raise StageError(f"eval: the {cfg.split} split is empty", received=str(inputs.examples),
+                             fix="give the dataset step a non-zero test_fraction (and at least 3 source documents)")
+        pairs = [prompt_and_reference(r["messages"]) for r in rows]
+        prompts, refs = [p[0] for p in pairs if p], [p[1] for p in pairs if p]
+        tokenizer = load_tokenizer(inputs.base_model)
+        results: dict[str, dict[str, float]] = {}
+        answers: dict[str, list[str]] = {}
+        for name, adapter in (("base", None), ("tuned", inputs.adapter)):
+            model = load_model(inputs.base_model, adapter=adapter)
+            results[name] = heldout_loss(model, tokenizer, rows, max_length=cfg.max_length, batch_size=cfg.batch_size)
+            answers[name] = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
+            results[name].update(score(answers[name], refs))
+            ctx.progress(1)
+            del model
+        plot_comparison(results, out / "eval.png")
+        write_json({"split": cfg.split, "rows": len(rows), "results": results}, out / "eval.json")
+        write_text(card_section(results, split=cfg.split, rows=len(rows)), out / "eval.md")
+        samples = [{"id": r["id"], "prompt": p, "reference": ref, "base": a, "tuned": b}
+                   for r, p, ref, a, b in zip(rows, prompts, refs, answers["base"], answers["tuned"])]
+        write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), out / "samples.jsonl")
+        return {"split": cfg.split, "rows": len(rows),
+                **{f"{name}_{k}": round(v, 4) for name, res in results.items() for k, v in res.items()}}
+
+    def summary(self, stats):
+        return [(m, f"base {stats.get(f'base_{m}')} -> tuned {stats.get(f'tuned_{m}')}")
+                for m in ("loss", *METRICS)]
