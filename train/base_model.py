@@ -18,6 +18,7 @@ from schemas.errors import ConfigError, require
 from schemas.io import read_parquet_dir
 from schemas.stage import Stage, StageContext
 from train.chat import CHATML_TEMPLATE, check_template, end_of_turn_id, train_bpe_tokenizer
+from train.inputs import load_tokenizer
 
 
 def upstream_texts(folders: list[Path], *, messages: bool = True) -> Iterator[str]:
@@ -57,7 +58,7 @@ def pretrain(model, tokenizer, texts: list[str], cfg: TinyModelConfig, *, progre
         loss.backward()
         opt.step()
         opt.zero_grad()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress is not None:
             progress(1)
     model.eval()
@@ -119,8 +120,6 @@ class BaseModelStage(Stage[BaseModelConfig]):
                           for f in sorted(root.rglob("*")) if f.is_file() and ".git" not in f.parts]}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        from transformers import AutoTokenizer
-
         out = Path(ctx.out_dir) / "model"
         cfg = self.config
         if cfg.tiny is not None:
@@ -139,7 +138,7 @@ class BaseModelStage(Stage[BaseModelConfig]):
         else:
             stats = {"source": str(cfg.path), "bytes": _copy_tree(Path(cfg.path), out)}
             if cfg.chat_template is not None:
-                tokenizer = AutoTokenizer.from_pretrained(str(cfg.path))
+                tokenizer = load_tokenizer(Path(cfg.path))
                 tokenizer.chat_template = cfg.chat_template
                 staged = Path(ctx.work_dir) / "tokenizer"
                 shutil.rmtree(staged, ignore_errors=True)
@@ -148,7 +147,7 @@ class BaseModelStage(Stage[BaseModelConfig]):
                     (out / f.name).unlink(missing_ok=True)
                     shutil.move(str(f), out / f.name)
                 (out / "chat_template.json").unlink(missing_ok=True)
-        tokenizer = AutoTokenizer.from_pretrained(str(out))
+        tokenizer = load_tokenizer(out)
         check_template(tokenizer, where=f"{ctx.step}")
         stats["vocab_size"] = len(tokenizer)
         stats["end_of_turn_token"] = tokenizer.convert_ids_to_tokens([end_of_turn_id(tokenizer)])[0]

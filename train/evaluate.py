@@ -19,6 +19,7 @@ from schemas.config.train import EvalConfig
 from schemas.errors import StageError
 from schemas.io import write_json, write_text
 from schemas.stage import Stage, StageContext
+from train.inputs import EXAMPLE_COLUMNS
 from train.chat import encode_example, prompt_and_reference
 from train.inputs import find_inputs, load_model, load_tokenizer, model_device, read_examples, torch_setup
 
@@ -160,6 +161,8 @@ def card_section(results: dict[str, Any], *, split: str, rows: int) -> str:
 class EvalStage(Stage[EvalConfig]):
     kind = "artifact"
     version = "1"
+    #: checked at plan time when the dataset step is listed first in inputs
+    requires = EXAMPLE_COLUMNS
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         torch_setup(self.config.threads)

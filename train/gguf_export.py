@@ -9,8 +9,10 @@ BPE tokenizers, so we write the file ourselves:
    pre-tokenizer name llama.cpp expects (``gpt-2``, never ``gpt2``), and the chat template with
    its ``{% generation %}`` markers stripped,
 3. tensors renamed with gguf's own name map; Llama's q/k projections permuted to llama.cpp's
-   rotary layout; 2-D weights as F16 / Q8_0 / Q4_0 (numpy quantisers of ``gguf.quants``), norms
-   and biases in F32.
+   rotary layout; 2-D weights as F16 / Q8_0 (``gguf.quants``) / Q4_0 (same format, scale chosen
+   by a small error search, see ``quantize_q4_0``); norms and biases in F32. Q4_0 files keep
+   ``token_embd`` and ``output`` in Q8_0 (llama.cpp keeps the output at higher precision too; its
+   Q6_K choice needs k-quants, which the numpy quantisers do not provide).
 """
 
 from __future__ import annotations
@@ -137,6 +139,41 @@ ARCHITECTURES: dict[str, tuple[str, Callable, Callable]] = {
 FILE_TYPES = {"F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0"}
 
 
+#: candidate divisors of a block's signed max-abs value for the Q4_0 scale search (the reference
+#: quantiser uses only -8, mapping that value to the grid end)
+_Q4_0_DIVISORS = np.concatenate([np.arange(-9.0, -5.99, 0.25), np.arange(6.0, 8.01, 0.25)]).astype(np.float32)
+
+
+def quantize_q4_0(data: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
+    """Q4_0 bytes with a per-block scale chosen to minimise squared error.
+
+    Same format as ``gguf.quants.quantize(..., Q4_0)`` (fp16 scale + 32 4-bit values per block,
+    decoded as ``(q - 8) * d`` by every GGUF reader); only the choice of ``d`` differs: we try a
+    grid of scales per block instead of always mapping the largest value to -8, which lowers the
+    rounding error (measured in tests/train/test_gguf_quant.py).
+    """
+    shape = data.shape
+    blocks = data.reshape(-1, 32).astype(np.float32)
+    out = np.empty((blocks.shape[0], 18), dtype=np.uint8)
+    for start in range(0, len(blocks), chunk):
+        b = blocks[start:start + chunk]
+        mx = b[np.arange(len(b)), np.abs(b).argmax(axis=1)]
+        best_d = np.zeros(len(b), dtype=np.float32)
+        best_err = np.full(len(b), np.inf, dtype=np.float32)
+        for div in _Q4_0_DIVISORS:
+            d = (mx / div).astype(np.float16).astype(np.float32)
+            inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+            q = np.clip(np.round(b * inv[:, None]), -8, 7)
+            err = ((q * d[:, None] - b) ** 2).sum(axis=1)
+            better = err < best_err
+            best_err[better], best_d[better] = err[better], d[better]
+        inv = np.divide(1.0, best_d, out=np.zeros_like(best_d), where=best_d != 0)
+        q = (np.clip(np.round(b * inv[:, None]), -8, 7) + 8).astype(np.uint8)
+        out[start:start + chunk, :2] = best_d.astype(np.float16)[:, None].view(np.uint8)
+        out[start:start + chunk, 2:] = q[:, :16] | (q[:, 16:] << 4)
+    return out.reshape(*shape[:-1], shape[-1] // 32 * 18)
+
+
 def _encode_tensor(name: str, data: np.ndarray, quant: str) -> tuple[np.ndarray, Any]:
     """(array, raw dtype) of one tensor: 1-D in F32; 2-D in the file's type (Q4_0 files keep the
     output projection in Q8_0, as llama.cpp does when k-quants are unavailable); rows that are not a
@@ -154,6 +191,8 @@ def _encode_tensor(name: str, data: np.ndarray, quant: str) -> tuple[np.ndarray,
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     if data.shape[-1] % block:
         return data.astype(np.float16), Q.F16
+    if qtype == Q.Q4_0:
+        return quantize_q4_0(data), qtype
     return gguf.quants.quantize(data.astype(np.float32), qtype), qtype
 
 

@@ -16,7 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
+from schemas.arrow import MESSAGE
 from schemas.errors import ConfigError, StageError, require
+
+#: columns the train/eval/export stages read from the dataset step
+EXAMPLE_COLUMNS = {"id": pa.string(), "messages": pa.list_(MESSAGE), "split": pa.string()}
 
 
 @dataclass
@@ -95,8 +101,20 @@ def torch_setup(threads: int | None):
 
 
 def load_tokenizer(model_dir: Path):
-    from transformers import AutoTokenizer
+    """The model folder's tokenizer exactly as saved.
 
+    A tokenizer saved as a plain ``tokenizers`` backend (the tiny model's) is loaded as one:
+    ``AutoTokenizer`` would pick the architecture's class (e.g. Qwen2Tokenizer), which adds its own
+    default special tokens and pre-tokenizer and so changes the tokenization.
+    """
+    import json
+
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    config = Path(model_dir) / "tokenizer_config.json"
+    cls = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+    if cls in ("TokenizersBackend", "PreTrainedTokenizerFast"):
+        return PreTrainedTokenizerFast.from_pretrained(str(model_dir))
     return AutoTokenizer.from_pretrained(str(model_dir))
 
 

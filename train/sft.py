@@ -20,6 +20,7 @@ from schemas.config.train import TrainConfig
 from schemas.errors import ConfigError, StageError, require
 from schemas.io import write_json
 from schemas.stage import Stage, StageContext
+from train.inputs import EXAMPLE_COLUMNS
 from train.chat import check_end_of_turn_trained, check_template, encode_example, end_of_turn_id
 from train.inputs import find_inputs, load_tokenizer, read_examples, torch_setup
 
@@ -143,6 +144,8 @@ def pick_precision(cfg_precision: str):
 class TrainStage(Stage[TrainConfig]):
     kind = "artifact"
     version = "1"
+    #: checked at plan time when the dataset step is listed first in inputs
+    requires = EXAMPLE_COLUMNS
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         torch = torch_setup(self.config.threads)
@@ -208,7 +211,7 @@ class TrainStage(Stage[TrainConfig]):
             eval_strategy="epoch" if has_val else "no", seed=cfg.seed, data_seed=cfg.seed,
             bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda, report_to=[],
             disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-            gradient_checkpointing=cfg.gradient_checkpointing, save_only_model=False,
+            activation_checkpointing=cfg.gradient_checkpointing, save_only_model=False,
         )
         trainer = Trainer(
             model=model, args=args, train_dataset=rows["train"], eval_dataset=rows["validation"] if has_val else None,

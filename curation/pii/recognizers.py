@@ -1,0 +1,194 @@
+"""Regex recognizers tuned for technical text (tickets, logs, configs, code).
+
+Each recognizer is a Presidio ``EntityRecognizer`` of its own; matching is plain ``re`` with an
+optional validator and an optional context window, so no lemmatizer is needed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+
+from presidio_analyzer import EntityRecognizer, RecognizerResult
+
+Validator = Callable[[str, str, int, int], bool]  # (value, text, start, end) -> keep
+
+
+class RegexRecognizer(EntityRecognizer):
+    """One entity, a few (regex, score) patterns, a validator and an optional context boost."""
+
+    def __init__(self, entity: str, patterns: Sequence[tuple[str, float]], *, validate: Validator | None = None,
+                 group: int | str = 0, context: str | None = None, context_score: float = 0.9,
+                 window: int = 40, flags: int = re.MULTILINE) -> None:
+        self._patterns = [(re.compile(p, flags), s) for p, s in patterns]
+        self._validate = validate
+        self._group = group
+        self._context = re.compile(context, re.IGNORECASE) if context else None
+        self._context_score = context_score
+        self._window = window
+        super().__init__(supported_entities=[entity], name=f"slmforge_{entity.lower()}", supported_language="en")
+
+    def load(self) -> None:  # nothing to load
+        pass
+
+    def analyze(self, text, entities, nlp_artifacts=None):  # noqa: ANN001 (Presidio signature)
+        entity = self.supported_entities[0]
+        out: list[RecognizerResult] = []
+        for rx, score in self._patterns:
+            for m in rx.finditer(text):
+                start, end = m.span(self._group)
+                if start < 0 or end <= start:
+                    continue
+                value = text[start:end]
+                if self._validate is not None and not self._validate(value, text, start, end):
+                    continue
+                s = score
+                if self._context is not None and s < self._context_score:
+                    lo = max(0, start - self._window)
+                    if self._context.search(text[lo:start]) or self._context.search(text[end:end + 15]):
+                        s = self._context_score
+                if s > 0:
+                    out.append(RecognizerResult(entity, start, end, s))
+        return out
+
+
+# ---------------------------------------------------------------- validators
+def _not_in_identifier(value: str, text: str, start: int, end: int) -> bool:
+    """Reject matches glued to identifier characters (part of a hash, path, version or id)."""
+    before = text[start - 1] if start else " "
+    after = text[end] if end < len(text) else " "
+    return not (before.isalnum() or before in "_/\\.-#:" or after.isalnum() or after in "_")
+
+
+def _ipv4(value: str, text: str, start: int, end: int) -> bool:
+    parts = value.split(".")
+    if any(int(p) > 255 or (len(p) > 1 and p[0] == "0") for p in parts):
+        return False
+    if value.startswith(("0.", "127.", "255.")) or value.endswith(".0.0"):
+        return False  # unspecified, loopback, netmasks
+    before = text[max(0, start - 12):start].lower()
+    if re.search(r"(v|version|ver\.?|release|==|>=|<=|~=|@)\s*$", before):
+        return False  # a version number
+    after = text[end:end + 1]
+    return not (after.isalnum() or after in "._-") and not (start and text[start - 1] in "._-/v")
+
+
+def _luhn(digits: str) -> bool:
+    total, alt = 0, False
+    for ch in reversed(digits):
+        d = int(ch)
+        if alt:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+        alt = not alt
+    return total % 10 == 0
+
+
+def _credit_card(value: str, text: str, start: int, end: int) -> bool:
+    digits = re.sub(r"\D", "", value)
+    return 12 <= len(digits) <= 19 and _luhn(digits) and _not_in_identifier(value, text, start, end)
+
+
+def _iban(value: str, text: str, start: int, end: int) -> bool:
+    s = value.replace(" ", "").upper()
+    if not 15 <= len(s) <= 34:
+        return False
+    num = "".join(str(int(c, 36)) for c in s[4:] + s[:4])
+    return int(num) % 97 == 1
+
+
+def _ssn(value: str, text: str, start: int, end: int) -> bool:
+    d = re.sub(r"\D", "", value)
+    if len(d) != 9 or d[:3] in ("000", "666") or d[0] == "9" or d[3:5] == "00" or d[5:] == "0000":
+        return False
+    return _not_in_identifier(value, text, start, end)
+
+
+def _phone(value: str, text: str, start: int, end: int) -> bool:
+    digits = re.sub(r"\D", "", value.split("x")[0])
+    if not 7 <= len(digits) <= 15 or len(set(digits)) < 3:
+        return False
+    return _not_in_identifier(value, text, start, end)
+
+
+_PLACEHOLDER = re.compile(
+    r"^(\$\{?.*|<.*>|\{\{.*\}\}|%\(.*|\*+|x+|none|null|nil|true|false|os\.environ.*|env\(.*|getenv.*|"
+    r"process\.env.*|\.\.\.|redacted|required|optional|str|string|secret|password|your[_-].*|\[.*\])$",
+    re.IGNORECASE,
+)
+
+
+def _secret_value(value: str, text: str, start: int, end: int) -> bool:
+    v = value.strip("\"'`")
+    return len(v) >= 6 and not _PLACEHOLDER.match(v) and not re.fullmatch(r"[a-z_]+\(.*", v)
+
+
+def _url(value: str, text: str, start: int, end: int) -> bool:
+    return len(value) > 8 and not re.search(r"://(localhost|127\.0\.0\.1|0\.0\.0\.0|example\.(com|org))\b", value)
+
+
+def _date(value: str, text: str, start: int, end: int) -> bool:
+    return _not_in_identifier(value, text, start, end)
+
+
+# ---------------------------------------------------------------- patterns
+MONTH = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+_URL_TAIL = r"[^\s<>\"'`)\]}]*[^\s<>\"'`)\]},.;:!?]"
+
+
+def pii_recognizers() -> list[EntityRecognizer]:
+    """Pattern recognizers for the structured PII types (no NER needed)."""
+    return [
+        RegexRecognizer("EMAIL_ADDRESS", [(r"\b[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b", 0.9)]),
+        RegexRecognizer("URL", [(r"\b(?:https?|ftp)://" + _URL_TAIL, 0.8), (r"(?<![\w.@/])www\." + _URL_TAIL, 0.8)], validate=_url),
+        RegexRecognizer("IP_ADDRESS", [
+            (r"\b\d{1,3}(?:\.\d{1,3}){3}\b", 0.85),
+            (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])", 0.85),
+            (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}(?![\w:])", 0.8),
+        ], validate=lambda v, t, s, e: _ipv4(v, t, s, e) if "." in v else True),
+        RegexRecognizer("CREDIT_CARD", [(r"\b(?:\d{4}[ -]){3}\d{1,7}\b", 0.9), (r"\b\d{13,19}\b", 0.6), (r"\b\d{12}\b", 0.3)],
+                        validate=_credit_card, context=r"card|credit|visa|master|amex|maestro|payment|paid|pay\b|cc\b|pan\b",
+                        context_score=0.9),
+        RegexRecognizer("IBAN_CODE", [(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", 0.9)], validate=_iban),
+        RegexRecognizer("US_SSN", [(r"\b\d{3}-\d{2}-\d{4}\b", 0.85), (r"\b\d{3} \d{2} \d{4}\b", 0.3), (r"\b\d{9}\b", 0.05)],
+                        validate=_ssn, context=r"ssn|social security|\bsocial\b|taxpayer", context_score=0.9),
+        RegexRecognizer("PHONE_NUMBER", [
+            (r"(?<![\w+])\+\d{1,3}[ .-]?\(?\d{1,4}\)?(?:[ .-]?\d{2,4}){2,4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b", 0.8),
+            (r"(?<![\w(])(?:001[ .-])?\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b", 0.85),
+            (r"(?<![\w.+-])(?:001[ .-]|1[ .-])?\d{3}([ .-])\d{3}\1\d{4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b", 0.75),
+            (r"(?<![\w.+-])\(0\d{2,4}\)\s?\d{3,4}\s?\d{3,4}\b", 0.75),
+            (r"(?<![\w.+-])0\d{3,4} \d{3} ?\d{3,4}\b", 0.7),
+            (r"(?<![\w.+-])\d{10}(?:x\d{1,5})?\b", 0.2),
+        ], validate=_phone, context=r"phone|tel\b|telephone|call|mobile|cell|fax|contact|reach|sms|whatsapp|dial", context_score=0.85),
+        RegexRecognizer("DATE_TIME", [
+            (r"\b(?:19|20)\d{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?:[T ][0-2]\d:[0-5]\d(?::[0-5]\d(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b", 0.75),
+            (r"\b(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])/(?:19|20)?\d{2}\b", 0.75),
+            (r"\b(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?:19|20)\d{2}\b", 0.7),
+            (r"\b" + MONTH + r"\.? (?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?,? (?:19|20)\d{2}\b", 0.85),
+            (r"\b(?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th)? (?:of )?" + MONTH + r"\.?,? (?:19|20)\d{2}\b", 0.85),
+            (r"\b" + MONTH + r" (?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?\b", 0.6),
+        ], validate=_date),
+        RegexRecognizer("LOCATION", [
+            (r"\b\d{1,6} (?:[A-Z][a-z]+ ){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Circle|Cir|Parkway|Pkwy|Square|Sq|Highway|Hwy|Trail|Alley|Crossing|Loop|Plaza|Ridge|Park|Path)\b\.?(?: (?:Apt\.?|Suite|Unit) \d+)?", 0.85),
+        ]),
+    ]
+
+
+def secret_recognizers() -> list[EntityRecognizer]:
+    """Recognizers for credentials: cloud keys, tokens, private keys, passwords, connection strings."""
+    kv = (r"(?i)(?:\b|_)(?:password|passwd|pwd|pass|secret|secret[_-]?key|api[_-]?key|apikey|access[_-]?token|auth[_-]?token|"
+          r"token|client[_-]?secret|private[_-]?key|credentials?)\b[\"']?\s*(?::=|=>|[:=])\s*[\"']?(?P<v>[^\s\"',;#]{6,})")
+    return [
+        RegexRecognizer("AWS_ACCESS_KEY", [(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b", 0.95)]),
+        RegexRecognizer("AWS_SECRET_KEY", [(r"(?i)aws.{0,20}?(?:secret|sk).{0,20}?[\"']?\s*[:=]\s*[\"']?(?P<v>[A-Za-z0-9/+]{40})\b", 0.95)], group="v"),
+        RegexRecognizer("GITHUB_TOKEN", [(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b", 0.95)]),
+        RegexRecognizer("SLACK_TOKEN", [(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b", 0.95), (r"https://hooks\.slack\.com/services/[A-Za-z0-9/]+", 0.95)]),
+        RegexRecognizer("GOOGLE_API_KEY", [(r"\bAIza[0-9A-Za-z_-]{35}\b", 0.95)]),
+        RegexRecognizer("STRIPE_KEY", [(r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}\b", 0.95)]),
+        RegexRecognizer("OPENAI_KEY", [(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}\b", 0.9)]),
+        RegexRecognizer("JWT", [(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b", 0.95)]),
+        RegexRecognizer("PRIVATE_KEY", [(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----", 0.99)]),
+        RegexRecognizer("CONNECTION_STRING", [(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"']+:[^\s@/\"']{3,}@[^\s\"'<>]+", 0.95)],
+                        validate=lambda v, t, s, e: _secret_value(v.split("://", 1)[1].split(":", 1)[1].split("@", 1)[0], t, s, e)),
+        RegexRecognizer("PASSWORD", [(kv, 0.9)], group="v", validate=_secret_value),
+    ]

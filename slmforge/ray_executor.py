@@ -1,0 +1,270 @@
+"""Run a planned recipe on a Ray cluster with the same files, fingerprints and decisions as local.
+
+The unit of work is the runner's shard, exactly as in the local executor: a Ray Data dataset
+holds one row per pending shard (its index and pickled spec/path), one block per shard so the
+shards spread over the cluster, and ``map_batches`` runs :func:`slmforge.runner._run_shard` on
+each, ``workers`` at a time: stages that override ``load()`` (PII analyzer, teacher clients) in an actor pool where every actor builds
+the heavy state once and keeps it for all the shards it gets, the others as tasks on Ray's pooled
+worker processes (no actor start per step). Because each shard is written by the
+same function with the same deterministic options, the Parquet files are byte-identical to a
+local run, and markers make a Ray run resumable by a local run and vice versa.
+
+Global stages compute their cross-shard state (``prepare``) in one Ray task, then map shards;
+artifact stages (training, export) run in one Ray task that asks for one CPU. The workspace must be on storage every
+node sees (a shared volume/NFS); docs/ray.md explains.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from schemas.errors import ConfigError, StageError, require
+from schemas.io import write_json
+
+#: environment for every Ray worker: one polars/arrow thread per worker process (the executor
+#: already runs one actor per CPU; nested thread pools only oversubscribe)
+WORKER_ENV = {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+class _ShardActor:
+    """Ray Data actor: one loaded copy of the stage per actor, many shards through it."""
+
+    def __init__(self, stage_blob: bytes, key: str, kind: str, ctx_blob: bytes) -> None:
+        from slmforge.runner import _loaded
+
+        self.stage = pickle.loads(stage_blob)
+        self.key = key
+        self.kind = kind
+        self.ctx = pickle.loads(ctx_blob)
+        _loaded(self.stage, key)  # stage.load() once per actor
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
+        from dataclasses import replace
+
+        from slmforge.runner import _run_shard
+
+        out: dict[str, list] = {"info": []}
+        for i, blob in zip(batch["i"], batch["item"]):
+            item = pickle.loads(blob)
+            ctx = replace(self.ctx)
+            info = _run_shard(self.stage, self.key, self.kind, int(i), item, ctx)
+            out["info"].append(json.dumps(info, sort_keys=True))
+        return out
+
+
+def _shard_task(batch: dict[str, Any], stage_blob: bytes, key: str, kind: str, ctx_blob: bytes) -> dict[str, list]:
+    """Ray Data task for stages without heavy state: pooled worker processes are reused, and
+    ``_loaded`` still keeps one loaded copy per process."""
+    from slmforge.runner import _LOADED
+
+    stage = _LOADED.get(key) or pickle.loads(stage_blob)
+    return _ShardActor.__call__(_Bound(stage, key, kind, pickle.loads(ctx_blob)), batch)
+
+
+class _Bound:
+    def __init__(self, stage: Any, key: str, kind: str, ctx: Any) -> None:
+        self.stage, self.key, self.kind, self.ctx = stage, key, kind, ctx
+
+
+def _heavy(stage: Any) -> bool:
+    """A stage that overrides ``load()`` gets an actor pool (its state built once per actor)."""
+    from schemas.stage import Stage
+
+    return type(stage).load is not Stage.load
+
+
+def _prepare_task(stage_blob: bytes, key: str, items: list[str], ctx_blob: bytes) -> float:
+    from slmforge.runner import _loaded
+
+    started = time.perf_counter()
+    stage = _loaded(pickle.loads(stage_blob), key)
+    stage.prepare([Path(p) for p in items], pickle.loads(ctx_blob))
+    return time.perf_counter() - started
+
+
+def _artifact_task(step_blob: bytes, ctx_blob: bytes) -> dict:
+    from slmforge.runner import NullReporter, _execute_artifact
+
+    return _execute_artifact(pickle.loads(step_blob), pickle.loads(ctx_blob), NullReporter())
+
+
+class RayExecutor:
+    """Execute planned steps on Ray (``address=None`` starts a local Ray on this machine).
+
+    ``workers`` is the number of shard actors per map (the actor pool size). When Ray is already
+    initialised in this process (tests, notebooks), that session is used as is.
+    """
+
+    def __init__(self, address: str | None, workers: int, *, object_store_memory: int | None = None) -> None:
+        if workers < 1:
+            raise ConfigError("workers must be at least 1", received=workers, fix="pass --workers 1 or more")
+        self.address = address
+        self.workers = workers
+        self.object_store_memory = object_store_memory
+        self.timings: dict[str, dict[str, float]] = {}
+        self._started_ray = False
+
+    # --- cluster --------------------------------------------------------------------------
+    def _init(self) -> Any:
+        require("ray", extra="ray", purpose="running recipes on Ray (executor: ray)")
+        import ray
+
+        if ray.is_initialized():
+            return ray
+        runtime_env = {"env_vars": dict(WORKER_ENV)}
+        kw: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": False}
+        if self.address is None:
+            kw.update(num_cpus=self.workers, include_dashboard=False)
+            if self.object_store_memory is not None:
+                kw["object_store_memory"] = self.object_store_memory
+        else:
+            kw["address"] = self.address
+        started = time.perf_counter()
+        try:
+            ray.init(**kw)
+        except ConnectionError as exc:
+            raise ConfigError(
+                f"could not connect to the Ray cluster at {self.address}: {exc}",
+                received=self.address, expected="'auto' on a cluster node, or host:port of the head's GCS (6379)",
+                fix="start the cluster first (ray start --head / ray up / KubeRay), set RAY_AUTH_TOKEN if the "
+                    "cluster uses token auth, and bind the head to a reachable address, not 127.0.0.1",
+            ) from exc
+        self._started_ray = True
+        self.timings["_startup"] = {"seconds": round(time.perf_counter() - started, 3)}
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.execution_options.preserve_order = False
+        return ray
+
+    def shutdown(self) -> None:
+        if self._started_ray:
+            import ray
+
+            ray.shutdown()
+            self._started_ray = False
+
+    # --- steps ----------------------------------------------------------------------------
+    def run(self, steps: Sequence[Any], by_name: Mapping[str, Any], *, reporter: Any = None) -> list[dict]:
+        from slmforge.runner import NullReporter
+
+        reporter = reporter or NullReporter()
+        ray = self._init()
+        try:
+            return [self.execute(ray, s, by_name, reporter=reporter) for s in steps]
+        finally:
+            self.shutdown()
+
+    def execute(self, ray: Any, step: Any, by_name: Mapping[str, Any], *, reporter: Any) -> dict:
+        """Same contract as :func:`slmforge.runner.execute`, shards mapped by Ray Data."""
+        from schemas.stage import StageContext, no_progress
+        from slmforge.runner import SUCCESS, _finalize_tables, _num_rows, input_shards
+
+        d = step.dir
+        if (d / SUCCESS).exists():
+            stats = json.loads((d / "stats.json").read_text())
+            reporter.stage_start(step, cached=True, total=None)
+            reporter.stage_end(step, {**stats, "cached": True})
+            return {**stats, "cached": True}
+        for name in step.inputs:
+            if not (by_name[name].dir / SUCCESS).exists():
+                raise StageError(f"step '{step.name}' needs '{name}', which has not finished",
+                                 fix="run the recipe from the start: slmforge run RECIPE --executor ray")
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "_shards").mkdir(exist_ok=True)
+        for leftover in [*d.glob(".*.tmp"), *(d / "_shards").glob(".*.tmp")]:
+            leftover.unlink(missing_ok=True)
+        work = d / "_work"
+        work.mkdir(exist_ok=True)
+        ctx = StageContext(stage_dir=d, work_dir=work, step=step.name,
+                           inputs={n: by_name[n].dir for n in step.inputs}, workers=self.workers,
+                           progress=no_progress)
+        timing: dict[str, float] = {}
+        started = time.perf_counter()
+        stage = step.stage
+        kind = stage.kind
+        key = f"{step.name}:{step.fingerprint}"
+        if kind == "artifact":
+            reporter.stage_start(step, cached=False, total=None)
+            t0 = time.perf_counter()
+            task = ray.remote(num_cpus=1)(_artifact_task)
+            stats = dict(ray.get(task.remote(pickle.dumps(step), pickle.dumps(ctx))))
+            timing["artifact"] = time.perf_counter() - t0
+        else:
+            if kind == "source":
+                from slmforge.runner import _loaded
+
+                items: list[Any] = _loaded(stage, key).plan(ctx)
+                reporter.stage_start(step, cached=False, total=None)
+            else:
+                items = input_shards(step, by_name)
+                reporter.stage_start(step, cached=False, total=sum(_num_rows(p) for p in items))
+                if kind == "global" and not (work / "_PREPARED").exists():
+                    t0 = time.perf_counter()
+                    self._prepare(ray, step, items, ctx)
+                    write_json({"shards": len(items)}, work / "_PREPARED")
+                    timing["prepare"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            infos = self._map_shards(ray, step, key, items, ctx, reporter)
+            timing["map"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            stats = _finalize_tables(step, infos)
+            timing["finalize"] = time.perf_counter() - t0
+        stats["seconds"] = round(time.perf_counter() - started, 3)
+        stats.update({"step": step.name, "stage": step.config.stage, "fingerprint": step.fingerprint, "kind": kind})
+        write_json(stats, d / "stats.json")
+        (d / SUCCESS).write_text("")
+        self.timings[step.name] = {k: round(v, 3) for k, v in timing.items()}
+        reporter.stage_end(step, stats)
+        return stats
+
+    def _prepare(self, ray: Any, step: Any, items: list[Path], ctx: Any) -> None:
+        """Global state in one Ray task (stages may override with a Ray-native computation)."""
+        task = ray.remote(num_cpus=1)(_prepare_task)
+        ray.get(task.remote(pickle.dumps(step.stage), f"{step.name}:{step.fingerprint}",
+                            [str(p) for p in items], pickle.dumps(ctx)))
+
+    def _map_shards(self, ray: Any, step: Any, key: str, items: Sequence[Any], ctx: Any, reporter: Any) -> list[dict]:
+        from slmforge.runner import _shard_paths
+
+        infos: dict[int, dict] = {}
+        pending: list[dict[str, Any]] = []
+        for i, item in enumerate(items):
+            marker = _shard_paths(step.dir, i)["marker"]
+            if marker.exists():  # resume: same markers as the local executor
+                infos[i] = json.loads(marker.read_text())
+                reporter.advance(step, infos[i]["rows_in"])
+            else:
+                pending.append({"i": i, "item": pickle.dumps(item)})
+        if pending:
+            # one block per shard: otherwise Ray packs small inputs into one block and one CPU
+            ds = ray.data.from_items(pending, override_num_blocks=len(pending))
+            args = (pickle.dumps(step.stage), key, step.kind, pickle.dumps(ctx))
+            size = max(1, min(self.workers, len(pending)))
+            common = dict(batch_size=1, num_cpus=1, batch_format="numpy")
+            if _heavy(step.stage):
+                ds = ds.map_batches(_ShardActor, fn_constructor_args=args,
+                                    compute=ray.data.ActorPoolStrategy(size=size), **common)
+            else:
+                ds = ds.map_batches(_shard_task, fn_args=args, compute=ray.data.TaskPoolStrategy(size=size), **common)
+            for row in ds.iter_rows():
+                info = json.loads(row["info"])
+                infos[info["shard"]] = info
+                reporter.advance(step, info["rows_in"])
+        missing = [i for i in range(len(items)) if i not in infos]
+        if missing:
+            raise StageError(f"step '{step.name}': Ray returned no result for shards {missing[:10]}",
+                             fix="re-run: finished shards are kept and only these are redone")
+        return [infos[i] for i in sorted(infos)]
+
+
+def timings_report(executor: RayExecutor) -> str:
+    """Where the time went, one line per step (used by bench/scale)."""
+    return "\n".join(f"{name}: {json.dumps(t, sort_keys=True)}" for name, t in executor.timings.items())
+
+
+__all__ = ["RayExecutor", "WORKER_ENV", "timings_report"]

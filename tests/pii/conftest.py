@@ -1,0 +1,14 @@
+import pytest
+
+pytest.importorskip("presidio_analyzer")
+
+
+@pytest.fixture(scope="session")
+def ner_config():
+    """The NER config; the analyzer is cached per process, so the spaCy model loads once per session."""
+    from curation.pii.engine import get_analyzer
+    from schemas.config.pii import PiiConfig
+
+    cfg = PiiConfig()
+    get_analyzer(cfg)
+    return cfg

@@ -1,0 +1,175 @@
+"""Chunking, the extractive teacher and the synth stage on tiny texts of our own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from schemas.arrow import CHUNKS, DOCUMENTS, EXAMPLES, validate
+from schemas.config.base import parse_stage
+from schemas.config.synth import ChunkConfig, SynthConfig
+from schemas.errors import ConfigError
+from schemas.stage import StageContext
+from synth.chunking import ChunkStage, chunk_text
+from synth.extractive import generate
+from synth.stage import SynthStage
+
+DOC = """# Parcel locker outage
+
+Lockers at Brightwater stations sometimes stop accepting parcels after a firmware push. This runbook explains how to bring a locker back online without losing queued deliveries.
+
+## Definitions
+
+- **Locker controller**: the small computer inside each locker bank that talks to the cloud service.
+- **Drop queue**: the list of parcels waiting to be placed in a locker once it is online again.
+
+## Symptoms
+
+- Couriers see a red status light on the locker bank.
+- The depot console shows error LCK-503 for the station.
+
+## Procedure
+
+1. Open the depot console and find the station by its code.
+2. Restart the locker controller from the remote actions menu.
+3. Wait five minutes and confirm the status light turns green.
+
+## Why wait five minutes?
+
+The controller replays the drop queue after boot, and interrupting that replay loses the queue order.
+"""
+
+TICKET = """Customer: Our locker at station BW-12 shows error LCK-503 since this morning and couriers cannot drop parcels.
+
+Agent: Thanks for reporting it. I restarted the locker controller remotely; the status light should turn green within five minutes."""
+
+
+def _docs(*texts: str, sources: list[str] | None = None) -> pa.Table:
+    n = len(texts)
+    return pa.Table.from_pydict(
+        {"id": [f"doc{i}" for i in range(n)], "text": list(texts), "source": sources or [f"t/doc{i}.md" for i in range(n)],
+         "format": ["md"] * n, "span_start": [None] * n, "span_end": [None] * n, "content_hash": ["x"] * n,
+         "title": [None] * n, "meta": [None] * n},
+        schema=DOCUMENTS,
+    )
+
+
+def _ctx(tmp_path: Path, step: str, **kw) -> StageContext:
+    return StageContext(stage_dir=tmp_path / step, work_dir=tmp_path / f"{step}.work", step=step, **kw)
+
+
+def _chunks(tmp_path: Path, *texts: str, max_chars: int = 400, sources: list[str] | None = None) -> pa.Table:
+    docs = _docs(*texts, sources=sources)
+    res = ChunkStage(ChunkConfig(max_chars=max_chars, min_chars=20)).process(docs, _ctx(tmp_path, "chunk"))
+    return res.table
+
+
+def test_chunk_spans_are_exact_and_headed(tmp_path):
+    spans = chunk_text(DOC, max_chars=400)
+    assert len(spans) >= 4
+    assert all(e - s <= 400 for s, e, _ in spans)
+    table = _chunks(tmp_path, DOC)
+    validate(table, CHUNKS, where="test")
+    for row in table.to_pylist():
+        assert DOC[row["span_start"]:row["span_end"]] == row["text"]
+        assert row["parent_ids"] == ["doc0"]
+    assert "Procedure" in table.column("heading").to_pylist()
+    # stable ids: same input, same chunk ids
+    assert _chunks(tmp_path, DOC).column("id").to_pylist() == table.column("id").to_pylist()
+
+
+def test_extractive_answers_are_spans_of_their_chunk(tmp_path):
+    kinds = set()
+    for row in _chunks(tmp_path, DOC, TICKET).to_pylist():
+        for qa in generate(row["text"], heading=row["heading"], source=row["source"], limit=10):
+            assert row["text"][qa.span_start:qa.span_end] == qa.answer
+            assert qa.answer.strip() and qa.question.strip()
+            kinds.add(qa.kind)
+    assert kinds == {"definition", "procedure", "list", "section", "dialogue"}
+
+
+def test_synth_stage_writes_grounded_traceable_examples(tmp_path):
+    chunks = _chunks(tmp_path, DOC, TICKET)
+    res = SynthStage(SynthConfig(min_answer_chars=10)).process(chunks, _ctx(tmp_path, "synth"))
+    validate(res.table, EXAMPLES, where="test")
+    rows = res.table.to_pylist()
+    by_chunk = {c["id"]: c for c in chunks.to_pylist()}
+    assert len(rows) >= 6
+    for r in rows:
+        chunk = by_chunk[r["source_ids"][0]]
+        assert r["source_ids"][1] == chunk["doc_id"]
+        assert r["origin"] == "synthetic" and r["teacher"] == "extractive-v1"
+        assert [m["role"] for m in r["messages"]] == ["user", "assistant"]
+        assert r["messages"][1]["content"] in chunk["text"]
+        judge = json.loads(r["meta"])["judge"]
+        assert judge["groundedness"] == 1.0
+        assert r["judge_score"] == min(judge.values()) >= 0.5
+    dec = res.decisions.to_pylist()
+    assert {d["id"] for d in dec if d["action"] == "keep"} == {r["id"] for r in rows}
+    assert res.counters["generated"] == len(dec)
+    # Parquet loadable with datasets
+    pq.write_table(res.table, tmp_path / "ex.parquet")
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files=str(tmp_path / "ex.parquet"), split="train")
+    assert ds.num_rows == len(rows) and ds[0]["messages"][0]["role"] == "user"
+
+
+def test_open_book_template_puts_passage_in_prompt(tmp_path):
+    chunks = _chunks(tmp_path, DOC)
+    res = SynthStage(SynthConfig(include_context=True, min_answer_chars=10)).process(chunks, _ctx(tmp_path, "synth"))
+    row = res.table.to_pylist()[0]
+    assert "Passage (t/doc0.md" in row["messages"][0]["content"]
+    assert row["template"].startswith("grounded_qa_v1:")
+
+
+def test_filters_dedup_decontaminate_and_flag_conflicts(tmp_path):
+    # the same document under two sources: identical questions+answers -> near-duplicates dropped
+    chunks = _chunks(tmp_path, DOC, DOC)
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    held_out = "Restart the locker controller from the remote actions menu."
+    pq.write_table(pa.table({"id": ["e1"], "text": [held_out]}), eval_dir / "part-0.parquet")
+    cfg = SynthConfig(min_answer_chars=10, inputs=["chunk", "eval"], eval_step="eval", decontam_ngram=6)
+    res = SynthStage(cfg).process(chunks, _ctx(tmp_path, "synth", inputs={"chunk": tmp_path, "eval": eval_dir}))
+    dec = res.decisions.to_pylist()
+    reasons = {d["reason"] for d in dec if d["action"] == "drop"}
+    assert {"near_duplicate", "contaminated"} <= reasons
+    assert all(held_out not in r["messages"][1]["content"] for r in res.table.to_pylist())
+    kept_answers = [r["messages"][1]["content"] for r in res.table.to_pylist()]
+    assert len(kept_answers) == len(set(kept_answers))
+
+    # two versions of one runbook: a conflicting answer to the same question is flagged, not dropped
+    old_steps = DOC[DOC.index("1. Open"):DOC.index("## Why wait")]
+    other = DOC.replace(old_steps, "1. Call the Brightwater vendor hotline.\n2. Ask for a technician visit and log the ticket number.\n\n")
+    res2 = SynthStage(SynthConfig(min_answer_chars=10, dedup_threshold=None)).process(
+        _chunks(tmp_path, DOC, other, sources=["a/locker.md", "b/locker.md"]), _ctx(tmp_path, "synth"))
+    flagged = [d for d in res2.decisions.to_pylist() if d["reason"] == "consistency_conflict"]
+    assert len(flagged) == 2 and res2.counters["flagged:conflict"] == 2
+    metas = [json.loads(r["meta"]) for r in res2.table.to_pylist()]
+    assert sum("conflict_with" in m for m in metas) == 2
+
+
+def test_recipe_entries_parse_and_bad_teacher_teaches():
+    cfg = parse_stage({"stage": "synth", "teacher": {"kind": "extractive"}}, where="stages[1]")
+    assert isinstance(cfg, SynthConfig)
+    assert isinstance(parse_stage({"stage": "chunk", "max_chars": 900}, where="stages[0]"), ChunkConfig)
+    with pytest.raises(ConfigError, match="teacher kind 'openai'"):
+        SynthStage(SynthConfig(teacher={"kind": "openai", "model": "m"})).check({})
+    with pytest.raises(ConfigError):
+        parse_stage({"stage": "synth", "teachr": {}}, where="stages[1]")
+
+
+def test_pii_scan_drops_examples_with_pii(tmp_path):
+    pytest.importorskip("presidio_analyzer")
+    leaky = "Customer: Please rotate the API key for our tenant right away.\n\nAgent: Done, the new key was sent to jonas.weber@example.com an hour ago."
+    res = SynthStage(SynthConfig(min_answer_chars=10, pii_scan=True)).process(
+        _chunks(tmp_path, DOC, leaky), _ctx(tmp_path, "synth"))
+    drops = [d for d in res.decisions.to_pylist() if d["reason"] == "pii"]
+    assert len(drops) >= 1 and res.counters["pii:EMAIL_ADDRESS"] == 1
+    assert all("@" not in r["messages"][1]["content"] for r in res.table.to_pylist())
+    assert res.table.num_rows >= 5

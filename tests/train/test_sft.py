@@ -1,0 +1,55 @@
+"""LoRA SFT on a tiny Llama: loss falls, LoRA weights change, artifacts and resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from schemas.config.train import TrainConfig
+from schemas.errors import ConfigError
+from tests.train.conftest import make_ctx
+from train.sft import CPU_QLORA_WARNING, TrainStage, pack
+
+
+def test_loss_falls_and_lora_weights_change(pipeline):
+    from safetensors.numpy import load_file
+
+    stats = pipeline["train_stats"]
+    assert stats["method"] == "lora" and stats["device"] == "cpu"
+    assert stats["last_loss"] < 0.5 * stats["first_loss"], stats
+    assert stats["end_of_turn_token"] == "<|im_end|>" and stats["end_of_turn_checked_rows"] == stats["train_rows"]
+    weights = load_file(str(pipeline["train"] / "adapter" / "adapter_model.safetensors"))
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(abs(v).max() > 0 for v in lora_b)  # lora_B starts at exactly zero
+
+
+def test_cpu_default_warns_and_falls_back_to_lora(pipeline):
+    assert pipeline["train_stats"]["warnings"] == [CPU_QLORA_WARNING]
+
+
+def test_loss_curve_is_saved(pipeline):
+    history = json.loads((pipeline["train"] / "loss.json").read_text())["history"]
+    assert len([h for h in history if "loss" in h]) >= 10
+    assert any("eval_loss" in h for h in history)
+    assert (pipeline["train"] / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_training_resumes_from_its_checkpoint(pipeline, tmp_path):
+    ins = {"dataset": pipeline["dataset"], "base": pipeline["base"]}
+    first = TrainStage(TrainConfig(max_steps=4, save_steps=2, batch_size=8, threads=2)).run(make_ctx(tmp_path, "t", ins))
+    assert first["resumed_from"] is None and first["steps"] == 4
+    again = TrainStage(TrainConfig(max_steps=6, save_steps=2, batch_size=8, threads=2)).run(make_ctx(tmp_path, "t", ins))
+    assert again["resumed_from"] == "checkpoint-4" and again["steps"] == 6
+
+
+def test_unknown_target_module_is_a_config_error(pipeline, tmp_path):
+    cfg = TrainConfig(max_steps=1, target_modules=["query_key_value"], threads=2)
+    with pytest.raises(ConfigError, match="target_modules not found"):
+        TrainStage(cfg).run(make_ctx(tmp_path, "t", {"dataset": pipeline["dataset"], "base": pipeline["base"]}))
+
+
+def test_packing_concatenates_up_to_max_length():
+    rows = [{"input_ids": [1] * 5, "labels": [1] * 5} for _ in range(5)]
+    packed = pack(rows, max_length=12)
+    assert [len(p["input_ids"]) for p in packed] == [10, 10, 5]
