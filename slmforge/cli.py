@@ -91,6 +91,21 @@ def run(
     console.print(run_table(stats))
     cached = sum(1 for s in stats if s.get("cached"))
     console.print(f"{len(stats)} stages: {len(stats) - cached} ran, {cached} cached")
+    if until is None:
+        from slmforge.card import write_dataset_card
+
+        ws = Path(load_recipe(recipe, overrides=overrides).workspace)
+        console.print(f"dataset card: {run_with_errors(write_dataset_card, ws)}")
+
+
+@app.command()
+def card(
+    workspace: Path = typer.Option(Path("workspace/demo"), "--workspace", "-w", help="Workspace of a run."),
+) -> None:
+    """(Re)write the dataset card of the last run: <workspace>/card/README.md with plots."""
+    from slmforge.card import write_dataset_card
+
+    console.print(f"dataset card: {run_with_errors(write_dataset_card, workspace)}")
 
 
 @app.command()

@@ -157,19 +157,47 @@ def analyze_batch(texts: Sequence[str], config: PiiConfig) -> list[list[dict]]:
     entities = list(config.entities)
     for (i, off, chunk), art in zip(pieces, artifacts):
         results = analyzer.analyze(chunk, "en", entities=entities, score_threshold=config.score_threshold,
-                                   nlp_artifacts=art, regex_flags=re.MULTILINE)
+                                   nlp_artifacts=art, regex_flags=re.MULTILINE,
+                                   allow_list=list(config.allow_list) or None,
+                                   allow_list_match=config.allow_list_match)
         for r in results:
             if r.entity_type in NER_ENTITIES and r.recognition_metadata and \
                     r.recognition_metadata.get("recognizer_name") == "SpacyRecognizer":
-                if not keep_ner_span(r.entity_type, chunk[r.start:r.end]):
+                if not keep_ner_span(r.entity_type, chunk[r.start:r.end]) or \
+                        _common_word(r.entity_type, chunk[r.start:r.end], chunk):
                     continue
             out[i].append({"start": r.start + off, "end": r.end + off, "entity_type": r.entity_type,
                            "score": round(float(r.score), 4)})
-    return [_resolve(_propagate_names(t, s)) for t, s in zip(texts, out)]
+    allowed = _allowed(config)
+    return [_resolve(_propagate_names(t, s, allowed=allowed)) for t, s in zip(texts, out)]
 
 
-def _propagate_names(text: str, spans: list[dict]) -> list[dict]:
-    """Every other mention of a found person's full name, first or last name is a PERSON too."""
+def _common_word(entity: str, value: str, text: str) -> bool:
+    """A one-word PERSON/LOCATION span whose lowercase form is also used in the same text is an
+    ordinary word capitalised at a heading or sentence start ('Driver', 'Platform'), not a name."""
+    if entity not in ("PERSON", "LOCATION"):
+        return False
+    v = value.strip()
+    if " " in v or not v.isalpha():
+        return False
+    low = v.lower()
+    return low != v and re.search(r"(?<![\w-])" + re.escape(low) + r"(?![\w-])", text) is not None
+
+
+def _allowed(config: PiiConfig):
+    """Predicate: is this span text on the allow list (the same rule Presidio applies)?"""
+    if not config.allow_list:
+        return lambda value: False
+    if config.allow_list_match == "regex":
+        pattern = re.compile("|".join(f"(?:{e})" for e in config.allow_list if e), re.MULTILINE)
+        return lambda value: pattern.search(value) is not None
+    exact = set(config.allow_list)
+    return lambda value: value in exact
+
+
+def _propagate_names(text: str, spans: list[dict], *, allowed=lambda value: False) -> list[dict]:
+    """Every other mention of a found person's full name, first or last name is a PERSON too
+    (except allow-listed values)."""
     names = {text[s["start"]:s["end"]]: s["score"] for s in spans if s["entity_type"] == "PERSON"}
     if not names:
         return spans
@@ -179,7 +207,7 @@ def _propagate_names(text: str, spans: list[dict]) -> list[dict]:
         toks = name.split()
         if len(toks) > 1:
             for t in toks:
-                if len(t) > 2 and t[0].isupper() and t.lower() not in _TECH:
+                if len(t) > 2 and t[0].isupper() and t.lower() not in _TECH and not allowed(t):
                     parts.setdefault(t, min(score, 0.7))
     extra = []
     for value, score in parts.items():

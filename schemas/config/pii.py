@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+import re
+
+from pydantic import Field, model_validator
 
 from schemas.config.base import StageConfig, runtime
 
@@ -35,6 +37,15 @@ class PiiConfig(StageConfig):
         description="Entity types to find and replace; any of the PII and secret types listed in docs/pii.md.",
     )
     score_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Minimum recognizer score (0..1) for a span to count.")
+    allow_list: list[str] = Field(
+        default_factory=list,
+        description="Span texts never treated as PII: product and system names an NER model mistakes for people or "
+        "places (e.g. 'Kafka', 'Jenkins'). Matched as whole spans, see allow_list_match.",
+    )
+    allow_list_match: Literal["exact", "regex"] = Field(
+        "exact", description="'exact': a span equal to an allow_list entry is not PII; 'regex': entries are "
+        "regular expressions (case-sensitive) and a span any of them matches anywhere (re.search) is not PII."
+    )
     anonymize: Literal["redact", "placeholder", "pseudonym"] = Field(
         "placeholder", description="'redact' deletes the span, 'placeholder' writes '<TYPE>', 'pseudonym' "
         "writes '<TYPE_n>' consistent within a document (or across the corpus, see corpus_consistent)."
@@ -55,3 +66,14 @@ class PiiConfig(StageConfig):
     )
     batch_size: int = runtime(64, ge=1, le=10_000, description="Texts per spaCy nlp.pipe batch.")
     workers: int = runtime(1, ge=1, le=256, description="Worker processes for find_pii/scrub_texts (one analyzer each).")
+
+    @model_validator(mode="after")
+    def _check_allow_list(self) -> "PiiConfig":
+        if self.allow_list_match == "regex":
+            for entry in self.allow_list:
+                try:
+                    re.compile(entry)
+                except re.error as exc:
+                    raise ValueError(f"allow_list entry {entry!r} is not a valid regular expression ({exc}); "
+                                     "fix it or use allow_list_match: exact") from None
+        return self

@@ -139,3 +139,18 @@ def test_cli_detect_and_scrub(tmp_path):
                                  "--mode", "patterns", "--anonymize", "pseudonym"])
     assert r.exit_code == 0, r.output
     assert pq.read_table(tmp_path / "o.parquet").column("text").to_pylist() == ["mail <EMAIL_ADDRESS_1>", "port 8080"]
+
+
+def test_allow_list_keeps_product_names_but_not_people(ner_config):
+    text = "Tracking workers consume the shipment-events Kafka topic. Ask Maria Gonzalez about lag."
+    found = {text[s["start"]:s["end"]] for s in find_pii([text], config=ner_config)[0]}
+    assert "Maria Gonzalez" in found
+    for cfg in (ner_config.model_copy(update={"allow_list": ["Kafka"]}),
+                ner_config.model_copy(update={"allow_list": [r"^Kaf"], "allow_list_match": "regex"})):
+        kept = {text[s["start"]:s["end"]] for s in find_pii([text], config=cfg)[0]}
+        assert "Kafka" not in kept and "Maria Gonzalez" in kept
+
+
+def test_bad_allow_list_regex_is_config_error():
+    with pytest.raises(ValueError, match="allow_list entry"):
+        PiiConfig(allow_list=["(unclosed"], allow_list_match="regex")
