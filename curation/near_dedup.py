@@ -4,28 +4,35 @@ Pipeline (all numpy/polars per batch, no per-document Python loop on the hot pat
 
 1. **Shingles** — words are the runs of word characters of the lowercased text (punctuation
    becomes a separator, as in the bench's canonical shingling); a shingle is ``ngram``
-   consecutive words (a shorter, non-empty document has one shingle of all its words). Word
-   hashes come from polars, n-gram hashes are a mixed polynomial of them (uint64, numpy).
+   consecutive words (a shorter, non-empty document has one shingle of all its words). The
+   words equal polars' lowercase + ``\\w+`` regex but are found by blanking non-word bytes and
+   splitting (no regex match per word). Word hashes come from polars, n-gram hashes are a
+   mixed polynomial of them (uint64, numpy).
 2. **MinHash** — datasketch's permutations (``MinHash(num_perm, seed).permutations``, its
-   default ``affine32`` scheme ``a*h+b mod 2^32``) applied to all shingles of a batch at once;
-   per-document minima with ``np.minimum.reduceat``.
+   default ``affine32`` scheme ``a*h+b mod 2^32`` after its 32-bit fmix pre-mix) applied to all
+   shingles of a batch at once, in cache-sized groups of whole documents; per-document minima
+   with one ``np.minimum.reduceat`` per group. Only the ``bands * rows`` permutations the bands
+   use are computed.
 3. **LSH** — one 64-bit hash per band (bands/rows from ``datasketch.lsh._optimal_param`` for a
-   candidate threshold slightly below ``threshold``, for recall). Only band hashes are kept and
-   they are spilled to a ``.npy`` memmap on disk, so memory holds no signatures or texts.
+   candidate threshold slightly below ``threshold``, for recall). Band hashes are spilled to a
+   file and read back as a memmap, so memory holds no signatures or texts.
 4. **Verify** — candidate pairs (same bucket in any band) are checked with exact Jaccard of the
-   shingle-hash sets, recomputed in a second pass for candidate documents only.
-5. **Components** — connected components of verified pairs (scipy), one representative per
-   cluster (longest / earliest / best_quality, ties: earliest), deterministic.
+   shingle-hash sets. The raw shingle hashes of every batch are spilled to disk as they are
+   computed (8 bytes per word, in ``spill_dir``) and read back for candidate documents only,
+   so no second shingling pass; pairs whose set sizes alone rule out the threshold exit early.
+5. **Components** — connected components of verified pairs (vectorised label propagation), one
+   representative per cluster (longest / earliest / best_quality, ties: earliest), deterministic.
 
-Batches are processed by a process pool in input order; results do not depend on ``workers``.
+Batches are hashed by a thread pool (``workers`` threads; polars, numpy and Arrow release the
+GIL) and consumed in input order; results do not depend on ``workers`` or ``batch_size``.
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -64,49 +71,103 @@ def _mults(n: int) -> np.ndarray:
     return base + np.uint64(2) * np.arange(n, dtype=np.uint64) * np.uint64(reps > 1)
 
 
-def shingle_hashes(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, *, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """Flat uint64 shingle hashes of every document and ``counts`` (shingles per document).
+#: byte translation table: ASCII word characters (regex ``\w``: letters, digits, underscore) map
+#: to themselves, every other ASCII byte to a space; bytes >= 0x80 are kept (classified per code point)
+_ASCII_MAP = bytes(c if c >= 0x80 or chr(c).isalnum() or c == 0x5F else 0x20 for c in range(256))
+_UTF8_LEN = np.array([1] * 0xC0 + [2] * 0x20 + [3] * 0x10 + [4] * 0x10, dtype=np.int64)
 
-    Duplicated shingles inside a document are kept (harmless for MinHash; use ``np.unique``
-    per document for set semantics).
+
+def _word_hashes(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    r"""Words per document and the flat polars hashes of the words (``\w+`` runs of the lowercased text).
+
+    The same words as polars' ``str.to_lowercase().str.extract_all(r"\w+")`` (a test checks it on
+    real and adversarial Unicode text) at a lower cost than a regex match per word: every byte of a
+    non-word character becomes a space (ASCII by a translation table; a non-ASCII code point is
+    classified by the same regex engine, once per distinct code point of the batch) and the text is
+    split on spaces.
     """
     import polars as pl
+    import pyarrow.compute as pc
 
-    np.seterr(over="ignore")
     if isinstance(texts, (pa.Array, pa.ChunkedArray)):
         s = pl.Series("t", texts.cast(pa.large_string())).fill_null("")
     else:
         s = pl.Series("t", list(texts), dtype=pl.String).fill_null("")
-    words = s.str.to_lowercase().str.extract_all(r"\w+")
-    lens = words.list.len().fill_null(0).to_numpy().astype(np.int64)
-    flat = words.explode().drop_nulls()
-    wh = flat.hash(seed=_WORD_SEED).to_numpy().astype(np.uint64) if len(flat) else np.zeros(0, np.uint64)
-    n_docs = len(lens)
-    starts = np.zeros(n_docs, dtype=np.int64)
-    np.cumsum(lens[:-1], out=starts[1:])
-    total = int(lens.sum())
-    mult = _mults(ngram)
-    # full windows: h[i] = sum_k w[i+k] * m_k over the padded flat array
-    pad = np.concatenate([wh, np.zeros(ngram - 1, dtype=np.uint64)])
-    acc = np.zeros(total, dtype=np.uint64)
-    for k in range(ngram):
-        acc += pad[k:k + total] * mult[k]
-    doc_of = np.repeat(np.arange(n_docs), lens)
-    pos = np.arange(total) - starts[doc_of]
-    valid = pos <= (lens[doc_of] - ngram)
-    hashes = acc[valid]
-    counts = np.maximum(lens - ngram + 1, 0)
-    short = np.nonzero((lens > 0) & (lens < ngram))[0]
-    if len(short):
-        # documents shorter than one shingle: one shingle of all their words
-        extra = np.zeros(len(short), dtype=np.uint64)
-        for k in range(ngram - 1):
-            has = lens[short] > k
-            extra[has] += wh[starts[short[has]] + k] * mult[k]
-        insert_at = np.cumsum(counts)[short] - counts[short]  # position of the doc's (empty) run
-        hashes = np.insert(hashes, insert_at, extra)
-        counts[short] = 1
-    return _mix64(hashes ^ np.uint64(ngram)), counts
+    n = len(s)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64)
+    low = s.str.to_lowercase().to_arrow(compat_level=pl.CompatLevel.oldest())
+    if isinstance(low, pa.ChunkedArray):
+        low = low.combine_chunks()
+    low = low.cast(pa.large_string())
+    _, off_buf, data_buf = low.buffers()
+    off = np.frombuffer(off_buf, dtype=np.int64, count=n + 1, offset=low.offset * 8)
+    lo, hi = int(off[0]), int(off[-1])
+    raw = memoryview(data_buf)[lo:hi] if data_buf is not None else memoryview(b"")
+    data = bytearray(raw).translate(_ASCII_MAP)
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    lead = np.flatnonzero(arr >= 0xC0)  # first byte of every non-ASCII code point
+    if len(lead):
+        size = _UTF8_LEN[arr[lead]]
+        cp = arr[lead].astype(np.int64) & np.where(size == 2, 0x1F, np.where(size == 3, 0x0F, 0x07))
+        for k in range(1, 4):
+            more = size > k
+            cp[more] = (cp[more] << 6) | (arr[lead[more] + k].astype(np.int64) & 0x3F)
+        uniq, inv = np.unique(cp, return_inverse=True)
+        word = pl.Series("c", [chr(c) for c in uniq.tolist()], dtype=pl.String).str.contains(r"^\w$").to_numpy()[inv]
+        out = np.frombuffer(data, dtype=np.uint8)
+        for k in range(4):  # blank every byte of the non-word code points
+            sel = ~word & (size > k)
+            out[lead[sel] + k] = 0x20
+    mapped = pa.LargeStringArray.from_buffers(n, pa.py_buffer(off - lo), pa.py_buffer(data))
+    del s, low, raw, arr, data_buf  # the lowercased copies are no longer needed (bounded batch memory)
+    lists = pc.ascii_split_whitespace(mapped)  # a run of spaces is one separator; text edges give ""
+    counts = pc.list_value_length(lists).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = lists.flatten()
+    wh = pl.Series("w", flat).hash(seed=_WORD_SEED).to_numpy().astype(np.uint64, copy=False) if len(flat) \
+        else np.zeros(0, np.uint64)
+    empty = pc.equal(pc.binary_length(flat), 0).to_numpy(zero_copy_only=False)
+    if empty.any():
+        counts -= np.bincount(np.repeat(np.arange(n), counts)[empty], minlength=n)
+        wh = wh[~empty]
+    return counts, wh
+
+
+def shingle_hashes(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, *, ngram: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """Flat uint64 shingle hashes of every document and ``counts`` (shingles per document).
+
+    Duplicated shingles inside a document are kept (harmless for MinHash; use ``np.unique``
+    per document for set semantics). Thread-safe; the heavy kernels (polars' regex, numpy)
+    release the GIL, so batches can be hashed by several threads at once.
+    """
+    lens, wh = _word_hashes(texts)
+    with np.errstate(over="ignore"):
+        n_docs = len(lens)
+        ends = np.cumsum(lens)
+        starts = ends - lens
+        total = int(ends[-1]) if n_docs else 0
+        mult = _mults(ngram)
+        # window starting at word i: h[i] = sum_k w[i+k] * m_k (only windows inside a document are kept)
+        acc = wh * mult[0]
+        for k in range(1, ngram):
+            acc[:total - k] += wh[k:] * mult[k]
+        valid = np.ones(total, dtype=bool)
+        for k in range(1, ngram):  # the last ngram-1 words of a document start no full window
+            sel = lens >= k
+            valid[ends[sel] - k] = False
+        hashes = acc[valid]
+        counts = np.maximum(lens - ngram + 1, 0)
+        short = np.nonzero((lens > 0) & (lens < ngram))[0]
+        if len(short):
+            # documents shorter than one shingle: one shingle of all their words
+            extra = np.zeros(len(short), dtype=np.uint64)
+            for k in range(ngram - 1):
+                has = lens[short] > k
+                extra[has] += wh[starts[short[has]] + k] * mult[k]
+            insert_at = np.cumsum(counts)[short] - counts[short]  # position of the doc's (empty) run
+            hashes = np.insert(hashes, insert_at, extra)
+            counts[short] = 1
+        return _mix64(hashes ^ np.uint64(ngram)), counts
 
 
 def permutations(config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -117,27 +178,42 @@ def permutations(config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
 
 
-def signatures(hashes: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray, *, chunk: int = 1 << 15) -> np.ndarray:
-    """uint32 MinHash signatures (docs x num_perm); documents without shingles get all 0xFFFFFFFF."""
-    n_docs, num_perm = len(counts), len(a)
-    sig = np.full((num_perm, n_docs), 0xFFFFFFFF, dtype=np.uint32)  # perm-major: reduceat on contiguous rows
+def signatures(hashes: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray, *, chunk: int = 8192) -> np.ndarray:
+    """uint32 MinHash signatures (docs x num_perm); documents without shingles get all 0xFFFFFFFF.
+
+    Equal to datasketch's ``MinHash(num_perm, seed)`` (affine32 scheme) fed the upper 32 bits of
+    each shingle hash. Work goes in groups of whole documents of about ``chunk`` shingles, so the
+    ``num_perm x chunk`` block of permuted values stays in the CPU cache and every document's
+    minimum is one ``reduceat`` (no merging across blocks).
+    """
     from datasketch.minhash import _fmix  # datasketch's pre-mix of hash values (affine32 scheme)
 
-    hv = _fmix((hashes >> np.uint64(32)).astype(np.uint32), 32)  # 32-bit hash values, as datasketch
-    doc_of = np.repeat(np.arange(n_docs), counts)
-    a_col, b_col = a[:, None], b[:, None]
-    for lo in range(0, len(hv), chunk):
-        hi = min(lo + chunk, len(hv))
-        phv = a_col * hv[None, lo:hi]
-        phv += b_col
-        d = doc_of[lo:hi]
-        first = np.concatenate([[0], np.nonzero(np.diff(d))[0] + 1])
-        mins = np.minimum.reduceat(phv, first, axis=1)
-        docs = d[first]
-        np.minimum(sig[:, docs], mins, out=mins)
-        sig[:, docs] = mins
-    sig = np.ascontiguousarray(sig.T)
-    return sig
+    n_docs, num_perm = len(counts), len(a)
+    sig = np.full((num_perm, n_docs), 0xFFFFFFFF, dtype=np.uint32)  # perm-major: reduceat on contiguous rows
+    if n_docs == 0 or len(hashes) == 0:
+        return np.ascontiguousarray(sig.T)
+    with np.errstate(over="ignore"):
+        hv = _fmix((hashes >> np.uint64(32)).astype(np.uint32), 32)  # 32-bit hash values, as datasketch
+        counts = np.asarray(counts, dtype=np.int64)
+        nz = np.nonzero(counts)[0]
+        ends = np.cumsum(counts)[nz]
+        starts = ends - counts[nz]
+        # groups of consecutive documents by the block their first shingle falls into; a document
+        # longer than ``chunk`` is a group of its own (processed in one larger block)
+        g = starts // chunk
+        brk = np.nonzero(g[1:] != g[:-1])[0] + 1
+        gs = np.concatenate([[0], brk]).tolist()
+        ge = np.concatenate([brk, [len(nz)]]).tolist()
+        a_col, b_col = np.asarray(a, np.uint32)[:, None], np.asarray(b, np.uint32)[:, None]
+        buf = np.empty(num_perm * 2 * chunk, dtype=np.uint32)
+        for i, j in zip(gs, ge):
+            lo, hi = int(starts[i]), int(ends[j - 1])
+            m = hi - lo
+            p = (buf[:num_perm * m] if num_perm * m <= len(buf) else np.empty(num_perm * m, np.uint32)).reshape(num_perm, m)
+            np.multiply(a_col, hv[None, lo:hi], out=p)
+            p += b_col
+            sig[:, nz[i:j]] = np.minimum.reduceat(p, starts[i:j] - lo, axis=1)
+    return np.ascontiguousarray(sig.T)
 
 
 def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
@@ -146,22 +222,49 @@ def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     out = np.zeros((n, bands), dtype=np.uint64)
     s = sig.astype(np.uint64)
     for band in range(bands):
-        h = np.full(n, np.uint64(band + 1) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
+        h = np.full(n, ((band + 1) * 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF, dtype=np.uint64)
         for r in range(rows):
             h = _mix64(h ^ s[:, band * rows + r])
         out[:, band] = h
     return out
 
 
-def _batch_bands(texts: list, ngram: int, a: np.ndarray, b: np.ndarray, bands: int, rows: int):
-    np.seterr(over="ignore")
+def _batch_bands(texts, ngram: int, a: np.ndarray | Future, b: np.ndarray | None = None, bands: int = 0, rows: int = 0):
+    """One batch: band hashes, has-shingles flags and the raw shingle hashes (for verification).
+
+    ``a`` may be a future of ``(a, b, bands, rows)``: shingling (no datasketch needed) then runs while
+    datasketch/scipy are still being imported for the permutations and band parameters.
+    """
     hashes, counts = shingle_hashes(texts, ngram=ngram)
-    sig = signatures(hashes, counts, a, b)
-    return band_hashes(sig, bands, rows), counts > 0
+    if isinstance(a, Future):
+        a, b, bands, rows = a.result()
+    used = bands * rows  # only the permutations the bands use
+    sig = signatures(hashes, counts, a[:used], b[:used])
+    return band_hashes(sig, bands, rows), counts > 0, hashes, counts
 
 
-def _worker_init() -> None:
-    os.environ["POLARS_MAX_THREADS"] = "1"
+def _lsh_params(config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """datasketch's permutations and (bands, rows) for ``config``."""
+    bands, rows = config.band_params()
+    a, b = permutations(config)
+    return a, b, bands, rows
+
+
+def _group_pairs(ids: np.ndarray, gstart: np.ndarray, size: np.ndarray, n: int, max_group: int) -> list[np.ndarray]:
+    """Pair keys of buckets ``ids[gstart[k]:gstart[k] + size[k]]`` (all pairs up to ``max_group``
+    members, else a chain of the sorted members), vectorised per bucket size."""
+    keys = []
+    n64 = np.uint64(n)
+    for s in np.unique(size).tolist():
+        starts = gstart[size == s]
+        members = np.sort(ids[starts[:, None] + np.arange(s)], axis=1).astype(np.uint64)
+        if s <= max_group:
+            i, j = np.triu_indices(s, k=1)
+        else:  # huge bucket: a chain keeps it connected for verification without n^2 pairs
+            i = np.arange(s - 1)
+            j = i + 1
+        keys.append((members[:, i] * n64 + members[:, j]).ravel())
+    return keys
 
 
 def _candidate_pairs(bands_mm: np.ndarray, has: np.ndarray, *, max_group: int = 64) -> np.ndarray:
@@ -176,33 +279,60 @@ def _candidate_pairs(bands_mm: np.ndarray, has: np.ndarray, *, max_group: int = 
         same = hs[1:] == hs[:-1]
         if not same.any():
             continue
-        # group starts/ends of runs of equal hashes with >= 2 members
+        # group starts/sizes of runs of equal hashes with >= 2 members
         brk = np.nonzero(~same)[0] + 1
         gstart = np.concatenate([[0], brk])
-        gend = np.concatenate([brk, [len(hs)]])
-        size = gend - gstart
-        pair = size == 2  # the common case, vectorised
-        x, y = ids[gstart[pair]], ids[gstart[pair] + 1]
-        lo_, hi_ = np.minimum(x, y), np.maximum(x, y)
-        keys.append(lo_.astype(np.uint64) * np.uint64(n) + hi_.astype(np.uint64))
-        for gs, ge in zip(gstart[size > 2].tolist(), gend[size > 2].tolist()):
-            members = np.sort(ids[gs:ge])
-            if len(members) <= max_group:
-                i, j = np.triu_indices(len(members), k=1)
-            else:  # huge bucket: a chain keeps it connected for verification without n^2 pairs
-                i = np.arange(len(members) - 1)
-                j = i + 1
-            keys.append(members[i].astype(np.uint64) * np.uint64(n) + members[j].astype(np.uint64))
+        size = np.concatenate([brk, [len(hs)]]) - gstart
+        multi = size >= 2
+        keys += _group_pairs(ids, gstart[multi], size[multi], n, max_group)
     if not keys:
         return np.zeros(0, dtype=np.uint64)
     return np.unique(np.concatenate(keys))
 
 
 def _jaccard(x: np.ndarray, y: np.ndarray) -> float:
+    """Exact Jaccard of two sorted unique hash arrays."""
     if len(x) == 0 and len(y) == 0:
         return 1.0
-    inter = len(np.intersect1d(x, y, assume_unique=True))
+    if len(x) > len(y):
+        x, y = y, x
+    if len(x) == 0:
+        return 0.0
+    pos = np.searchsorted(y, x)
+    pos[pos == len(y)] = 0
+    inter = int(np.count_nonzero(y[pos] == x))
     return inter / (len(x) + len(y) - inter)
+
+
+def _verify(pi: np.ndarray, pj: np.ndarray, sets: dict[int, np.ndarray], threshold: float) -> np.ndarray:
+    """``jaccard(pi[k], pj[k]) >= threshold`` for every candidate pair, exactly.
+
+    Early exit: Jaccard <= min(|x|, |y|) / max(|x|, |y|), so a pair whose set sizes differ more than
+    the threshold allows is rejected without intersecting (the same answer, computed for free).
+    """
+    ok = np.zeros(len(pi), dtype=bool)
+    if not len(pi):
+        return ok
+    size = {d: len(v) for d, v in sets.items()}
+    ni = np.fromiter((size[i] for i in pi.tolist()), np.int64, len(pi))
+    nj = np.fromiter((size[j] for j in pj.tolist()), np.int64, len(pj))
+    lo, hi = np.minimum(ni, nj), np.maximum(ni, nj)
+    maybe = (hi == 0) | (lo / np.maximum(hi, 1) >= threshold)  # float J <= float lo/hi (monotone rounding)
+    for k in np.nonzero(maybe)[0].tolist():
+        ok[k] = _jaccard(sets[int(pi[k])], sets[int(pj[k])]) >= threshold
+    return ok
+
+
+def _read_sets(path: Path, offsets: np.ndarray, docs: np.ndarray) -> dict[int, np.ndarray]:
+    """Sorted unique shingle hashes of ``docs`` (sorted indices), read from the shingle spill file."""
+    sets: dict[int, np.ndarray] = {}
+    with open(path, "rb") as f:
+        for d in docs.tolist():
+            lo, hi = int(offsets[d]), int(offsets[d + 1])
+            f.seek(lo * 8)
+            v = np.sort(np.frombuffer(f.read((hi - lo) * 8), dtype=np.uint64))
+            sets[d] = v[np.concatenate(([True], v[1:] != v[:-1]))] if len(v) else v
+    return sets
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -234,34 +364,41 @@ def cluster_batches(
     spill_dir: Path | None = None,
     progress: Callable[[int], None] = lambda n: None,
 ) -> tuple[pa.Table, dict[str, Any]]:
-    """Cluster documents streamed by ``make_batches()`` (called twice; batches with ``id, text``).
+    """Cluster documents streamed by ``make_batches()`` (batches with ``id, text``; called once).
 
     Returns a table ``id, cluster_id, is_rep, jaccard`` aligned with the input order
     (``jaccard``: exact Jaccard to the representative, 1.0 for representatives) and stats.
+
+    Batches are hashed by ``workers`` threads (polars' regex, numpy and Arrow release the GIL, so
+    the threads run in parallel without pickling texts or re-importing modules in worker
+    processes); results are consumed in input order, so the output does not depend on ``workers``.
     """
-    np.seterr(over="ignore")
-    bands, rows = config.band_params()
-    a, b = permutations(config)
     ids_chunks: list[pa.Array] = []
     lengths: list[np.ndarray] = []
     scores: list[np.ndarray] = []
     has_list: list[np.ndarray] = []
+    count_list: list[np.ndarray] = []
     score_col = config.score_column if config.representative == "best_quality" else None
 
     tmp = tempfile.TemporaryDirectory(dir=spill_dir, prefix="near_dedup-")
-    spill_path = Path(tmp.name) / "bands.bin"
+    spill_path = Path(tmp.name) / "bands.bin"  # uint64 band hashes, docs x bands
+    shingle_path = Path(tmp.name) / "shingles.bin"  # raw uint64 shingle hashes, in document order
     n_docs = 0
-    with open(spill_path, "wb") as spill:
+    with open(spill_path, "wb") as spill, open(shingle_path, "wb") as shingle_spill:
 
         def consume(res):
             nonlocal n_docs
-            bh, has = res
+            bh, has, hashes, counts = res
             spill.write(np.ascontiguousarray(bh).tobytes())
+            shingle_spill.write(np.ascontiguousarray(hashes, dtype=np.uint64).tobytes())
             has_list.append(has)
+            count_list.append(counts.astype(np.int64, copy=False))
             n_docs += len(has)
             progress(len(has))
 
         def texts_of(batches):
+            import pyarrow.compute as pc
+
             for batch in batches:
                 if "id" not in batch.schema.names or "text" not in batch.schema.names:
                     raise SchemaError("near_dedup: input lacks 'id'/'text' columns", received=batch.schema.names,
@@ -269,8 +406,6 @@ def cluster_batches(
                                       fix="run ingest first or rename the columns")
                 ids_chunks.append(batch.column("id"))
                 text = batch.column("text")
-                import pyarrow.compute as pc
-
                 lengths.append(pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False).astype(np.int64))
                 if score_col:
                     if score_col not in batch.schema.names:
@@ -279,30 +414,23 @@ def cluster_batches(
                     scores.append(pc.fill_null(batch.column(score_col).cast(pa.float64()), float("-inf")).to_numpy(zero_copy_only=False))
                 yield text
 
-        if workers <= 1:
-            for texts in texts_of(make_batches()):
-                consume(_batch_bands(texts, config.ngram, a, b, bands, rows))
-        else:
-            import multiprocessing as mp
-            from concurrent.futures import ProcessPoolExecutor
-
-            old_env = os.environ.get("POLARS_MAX_THREADS")
-            os.environ["POLARS_MAX_THREADS"] = "1"  # inherited by the spawned workers: one thread each
+        # a thread pool even for one worker: the main thread reads/decodes the next batch meanwhile;
+        # datasketch (+scipy) is imported for the LSH parameters while the first batch is shingled
+        with ThreadPoolExecutor(1, thread_name_prefix="near_dedup_params") as side, \
+                ThreadPoolExecutor(workers, thread_name_prefix="near_dedup") as pool:
+            params = side.submit(_lsh_params, config)
+            pending: list = []
             try:
-                pool = ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_worker_init)
-            finally:
-                if old_env is None:
-                    os.environ.pop("POLARS_MAX_THREADS", None)
-                else:
-                    os.environ["POLARS_MAX_THREADS"] = old_env
-            with pool:
-                pending: list = []
                 for texts in texts_of(make_batches()):
-                    pending.append(pool.submit(_batch_bands, texts.to_pylist(), config.ngram, a, b, bands, rows))
-                    while len(pending) > 2 * workers:  # bounded in-flight batches, results in order
+                    pending.append(pool.submit(_batch_bands, texts, config.ngram, params))
+                    while len(pending) > workers:  # bounded in-flight batches, results in input order
                         consume(pending.pop(0).result())
+                while pending:
+                    consume(pending.pop(0).result())
+            finally:
                 for fut in pending:
-                    consume(fut.result())
+                    fut.cancel()
+            a, b, bands, rows = params.result()
 
     ids = pa.chunked_array(ids_chunks).combine_chunks() if ids_chunks else pa.array([], pa.string())
     n = n_docs
@@ -314,23 +442,13 @@ def cluster_batches(
     pi = (keys // np.uint64(max(n, 1))).astype(np.int64)
     pj = (keys % np.uint64(max(n, 1))).astype(np.int64)
 
-    # second pass: exact shingle sets of candidate documents only
-    need = np.zeros(n, bool)
-    need[pi] = True
-    need[pj] = True
-    sets: dict[int, np.ndarray] = {}
-    pos = 0
-    for batch in make_batches():
-        m = batch.num_rows
-        local = np.nonzero(need[pos:pos + m])[0]
-        if len(local):
-            texts = batch.column("text").take(pa.array(local))
-            hashes, counts = shingle_hashes(texts, ngram=config.ngram)
-            ends = np.cumsum(counts)
-            for k, doc in enumerate(local):
-                sets[pos + int(doc)] = np.unique(hashes[ends[k] - counts[k]:ends[k]])
-        pos += m
-    ok = np.array([_jaccard(sets[i], sets[j]) >= config.threshold for i, j in zip(pi.tolist(), pj.tolist())], dtype=bool)
+    # exact shingle sets of candidate documents only, read back from the spill file
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    if n:
+        np.cumsum(np.concatenate(count_list), out=offsets[1:])
+    cand = np.unique(np.concatenate([pi, pj]))
+    sets = _read_sets(shingle_path, offsets, cand)
+    ok = _verify(pi, pj, sets, config.threshold)
     vi, vj = pi[ok], pj[ok]
     comp = components(n, vi, vj)
 

@@ -28,10 +28,46 @@ def _type(annotation) -> str:
 
 
 def _default(field) -> str:
+    from pydantic import BaseModel
+
     if field.default is PydanticUndefined and field.default_factory is None:
         return "**required**"
     value = field.default_factory() if field.default_factory is not None else field.default
+    if isinstance(value, BaseModel):
+        return f"{type(value).__name__} defaults (below)"
     return f"`{value!r}`"
+
+
+def _model_section(title: str, model: type, *, impl: str | None = None) -> list[str]:
+    """Heading, docstring, implementation path (stages) and key table of one config model."""
+    out = [title, ""]
+    doc = typing.cast(str, model.__doc__ or "").strip()
+    if doc:
+        out += [" ".join(line.strip() for line in doc.splitlines()), ""]
+    if impl:
+        out += [f"Implementation: `{impl}`", ""]
+    return out + model_table(model) + [""]
+
+
+def nested_models(model) -> list[tuple[str, type]]:
+    """(key path, model) of every config model nested in ``model``'s fields, depth first, each once."""
+    from pydantic import BaseModel
+
+    out: list[tuple[str, type]] = []
+
+    def walk(annotation, path: str) -> None:
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            if annotation not in [m for _, m in out]:
+                out.append((path, annotation))
+                for name, field in annotation.model_fields.items():
+                    walk(field.annotation, f"{path}.{name}")
+            return
+        for arg in typing.get_args(annotation):
+            walk(arg, path)
+
+    for name, field in model.model_fields.items():
+        walk(field.annotation, name)
+    return out
 
 
 def model_table(model) -> list[str]:
@@ -54,16 +90,9 @@ def render() -> str:
     out += model_table(cfg.Recipe)
     out.append("")
     for stage, model in sorted(cfg.STAGE_CONFIGS.items(), key=lambda kv: (kv[1].__module__, kv[0])):
-        out.append(f"## `stage: {stage}`")
-        out.append("")
-        doc = typing.cast(str, model.__doc__ or "").strip()
-        if doc:
-            out.append(" ".join(line.strip() for line in doc.splitlines()))
-            out.append("")
-        out.append(f"Implementation: `{model.impl}`")
-        out.append("")
-        out += model_table(model)
-        out.append("")
+        out += _model_section(f"## `stage: {stage}`", model, impl=model.impl)
+        for path, sub in nested_models(model):
+            out += _model_section(f"### `{path}` ({sub.__name__})", sub)
     return "\n".join(out)
 
 

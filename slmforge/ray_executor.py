@@ -9,7 +9,11 @@ worker processes (no actor start per step). Because each shard is written by the
 same function with the same deterministic options, the Parquet files are byte-identical to a
 local run, and markers make a Ray run resumable by a local run and vice versa.
 
-Global stages compute their cross-shard state (``prepare``) in one Ray task, then map shards;
+Global stages compute their cross-shard state (``prepare``) in one Ray task, then map shards —
+except ``near_dedup``, whose ``prepare`` runs Ray-native (:mod:`curation.near_dedup_ray`:
+signatures with ``map_batches``, band grouping by hash repartition, distributed verification,
+connected components on the driver or with a large-star/small-star loop) and writes the same
+cluster file;
 artifact stages (training, export) run in one Ray task that asks for one CPU. The workspace must be on storage every
 node sees (a shared volume/NFS); docs/ray.md explains.
 """
@@ -29,6 +33,9 @@ from schemas.io import write_json
 #: environment for every Ray worker: one polars/arrow thread per worker process (the executor
 #: already runs one actor per CPU; nested thread pools only oversubscribe)
 WORKER_ENV = {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+#: environment variable read when ``near_dedup_components`` is not given (the recipe runner
+#: builds the executor from the recipe, so this is how a run picks the method without code)
+COMPONENTS_ENV = "SLMFORGE_RAY_NEAR_DEDUP_COMPONENTS"
 
 
 class _ShardActor:
@@ -98,15 +105,35 @@ class RayExecutor:
 
     ``workers`` is the number of shard actors per map (the actor pool size). When Ray is already
     initialised in this process (tests, notebooks), that session is used as is.
+
+    ``near_dedup_components`` chooses how the Ray-native near-dup computes connected components of
+    the verified pairs: ``driver`` (collect the edges, label them on the driver), ``large_star``
+    (distributed large-star/small-star loop, for edge lists that do not fit on the driver),
+    ``auto`` (driver up to ``near_dedup_edge_limit`` candidate pairs, default
+    ``curation.near_dedup_ray.DRIVER_EDGE_LIMIT``), or ``task`` (no Ray-native
+    near-dup: the stage's local ``prepare`` in one Ray task). Default: the environment variable
+    ``SLMFORGE_RAY_NEAR_DEDUP_COMPONENTS``, else ``auto``. Every choice writes the same files.
     """
 
-    def __init__(self, address: str | None, workers: int, *, object_store_memory: int | None = None) -> None:
+    def __init__(self, address: str | None, workers: int, *, object_store_memory: int | None = None,
+                 near_dedup_components: str | None = None, near_dedup_edge_limit: int | None = None) -> None:
+        import os
+
         if workers < 1:
             raise ConfigError("workers must be at least 1", received=workers, fix="pass --workers 1 or more")
         self.address = address
         self.workers = workers
         self.object_store_memory = object_store_memory
+        method = near_dedup_components or os.environ.get(COMPONENTS_ENV) or "auto"
+        if method not in ("auto", "driver", "large_star", "task"):
+            raise ConfigError("unknown near_dedup_components for the Ray executor", received=method,
+                              expected="auto | driver | large_star | task",
+                              fix=f"pass one of these (or set {COMPONENTS_ENV})")
+        self.near_dedup_components = method
+        self.near_dedup_edge_limit = near_dedup_edge_limit
         self.timings: dict[str, dict[str, float]] = {}
+        #: step name -> stats of the Ray-native near-dup (docs, pairs, method chosen, rounds)
+        self.near_dedup_stats: dict[str, dict[str, Any]] = {}
         self._started_ray = False
 
     # --- cluster --------------------------------------------------------------------------
@@ -119,7 +146,10 @@ class RayExecutor:
         runtime_env = {"env_vars": dict(WORKER_ENV)}
         kw: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": False}
         if self.address is None:
-            kw.update(num_cpus=self.workers, include_dashboard=False)
+            # keep idle worker processes (Ray Data's and plain tasks') instead of restarting them
+            # between pipelines: each restart re-imports pyarrow/polars, seconds on small nodes
+            kw.update(num_cpus=self.workers, include_dashboard=False,
+                      _system_config={"num_workers_soft_limit": 4 * self.workers + 4})
             if self.object_store_memory is not None:
                 kw["object_store_memory"] = self.object_store_memory
         else:
@@ -205,7 +235,7 @@ class RayExecutor:
                 reporter.stage_start(step, cached=False, total=sum(_num_rows(p) for p in items))
                 if kind == "global" and not (work / "_PREPARED").exists():
                     t0 = time.perf_counter()
-                    self._prepare(ray, step, items, ctx)
+                    timing.update(self._prepare(ray, step, items, ctx))
                     write_json({"shards": len(items)}, work / "_PREPARED")
                     timing["prepare"] = time.perf_counter() - t0
             t0 = time.perf_counter()
@@ -222,11 +252,21 @@ class RayExecutor:
         reporter.stage_end(step, stats)
         return stats
 
-    def _prepare(self, ray: Any, step: Any, items: list[Path], ctx: Any) -> None:
-        """Global state in one Ray task (stages may override with a Ray-native computation)."""
+    def _prepare(self, ray: Any, step: Any, items: list[Path], ctx: Any) -> dict[str, float]:
+        """Global state: Ray-native for near_dedup, else the stage's ``prepare`` in one Ray task.
+        Returns a timing breakdown (seconds) for the report."""
+        if self.near_dedup_components != "task" and _is_near_dedup(step.stage):
+            from curation.near_dedup_ray import DRIVER_EDGE_LIMIT, prepare_on_ray
+
+            limit = self.near_dedup_edge_limit if self.near_dedup_edge_limit is not None else DRIVER_EDGE_LIMIT
+            stats, timing = prepare_on_ray(step.stage, items, ctx, workers=self.workers,
+                                           method=self.near_dedup_components, edge_limit=limit)
+            self.near_dedup_stats[step.name] = stats
+            return {f"prepare.{k}": v for k, v in timing.items()}
         task = ray.remote(num_cpus=1)(_prepare_task)
         ray.get(task.remote(pickle.dumps(step.stage), f"{step.name}:{step.fingerprint}",
                             [str(p) for p in items], pickle.dumps(ctx)))
+        return {}
 
     def _map_shards(self, ray: Any, step: Any, key: str, items: Sequence[Any], ctx: Any, reporter: Any) -> list[dict]:
         from slmforge.runner import _shard_paths
@@ -260,6 +300,14 @@ class RayExecutor:
             raise StageError(f"step '{step.name}': Ray returned no result for shards {missing[:10]}",
                              fix="re-run: finished shards are kept and only these are redone")
         return [infos[i] for i in sorted(infos)]
+
+
+def _is_near_dedup(stage: Any) -> bool:
+    try:
+        from curation.near_dedup import NearDedupStage
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(stage, NearDedupStage)
 
 
 def timings_report(executor: RayExecutor) -> str:

@@ -2,8 +2,11 @@
 template marks assistant turns with ``{% generation %}``.
 
 * ``path``: copy a local Hugging Face folder (optionally replacing its chat template).
+* ``path`` + ``gguf_file``: read a GGUF file with transformers' GGUF loader (dequantised to
+  float32) and save it as a Hugging Face folder, so every later stage loads it the usual way.
 * ``tiny``: train a byte-level BPE tokenizer on the text of this step's inputs (documents'
-  ``text``, examples' ``messages``) and build a randomly initialised Llama/Qwen2 model with it.
+  ``text``, examples' ``messages``) and build a randomly initialised Llama/Qwen2 model with it, or a
+  Gemma-style tokenizer and a tiny Gemma 3 text model (``architecture: gemma3``).
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from schemas.config.train import BaseModelConfig, TinyModelConfig
 from schemas.errors import ConfigError, require
 from schemas.io import read_parquet_dir
 from schemas.stage import Stage, StageContext
-from train.chat import CHATML_TEMPLATE, check_template, end_of_turn_id, train_bpe_tokenizer
+from train.chat import (CHATML_TEMPLATE, GEMMA_TEMPLATE, check_template, end_of_turn_id, train_bpe_tokenizer,
+                        train_gemma_tokenizer)
 from train.inputs import load_tokenizer
 
 
@@ -68,19 +72,27 @@ def pretrain(model, tokenizer, texts: list[str], cfg: TinyModelConfig, *, progre
 def build_tiny(texts: list[str], cfg: TinyModelConfig, *, chat_template: str | None = None):
     """(model, tokenizer): a tiny randomly initialised model and a BPE tokenizer trained on ``texts``."""
     torch = require("torch", extra="train", purpose="building the tiny base model")
-    from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Qwen2Config
 
     if not texts:
         raise ConfigError("base_model tiny: no text to train the tokenizer on",
                           fix="list a documents/chunks/examples step in 'inputs:' of the base_model step")
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=cfg.vocab_size, chat_template=chat_template or CHATML_TEMPLATE)
+    if cfg.architecture == "gemma3":
+        tokenizer = train_gemma_tokenizer(texts, vocab_size=cfg.vocab_size, chat_template=chat_template or GEMMA_TEMPLATE)
+    else:
+        tokenizer = train_bpe_tokenizer(texts, vocab_size=cfg.vocab_size, chat_template=chat_template or CHATML_TEMPLATE)
     shape = dict(
         vocab_size=len(tokenizer), hidden_size=cfg.hidden_size, intermediate_size=cfg.intermediate_size,
         num_hidden_layers=cfg.num_layers, num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.num_kv_heads,
         max_position_embeddings=cfg.max_position_embeddings, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
     )
-    config = LlamaConfig(**shape) if cfg.architecture == "llama" else Qwen2Config(**shape)
+    if cfg.architecture == "gemma3":
+        # head_dim 256 = query_pre_attn_scalar: what GGUF readers assume for Gemma 3 (see train/gguf_export.py)
+        config = Gemma3TextConfig(**{**shape, "tie_word_embeddings": True}, head_dim=256, query_pre_attn_scalar=256,
+                                  sliding_window=cfg.sliding_window)
+    else:
+        config = LlamaConfig(**shape) if cfg.architecture == "llama" else Qwen2Config(**shape)
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -104,6 +116,24 @@ def _copy_tree(src: Path, dst: Path) -> int:
     return total
 
 
+def convert_gguf(folder: Path, gguf_file: str, out: Path, *, chat_template: str | None = None) -> dict[str, Any]:
+    """Load ``folder/gguf_file`` (model + tokenizer) and save it as a float32 Hugging Face folder at ``out``."""
+    torch = require("torch", extra="train", purpose="reading a GGUF base model")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(folder), gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(str(folder), gguf_file=gguf_file, dtype=torch.float32)
+    # the weights are plain float32 tensors now; drop the GGUF "quantizer" marker, which blocks save_pretrained
+    model.hf_quantizer = None
+    model.config.__dict__.pop("quantization_config", None)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    model.save_pretrained(str(out))
+    tokenizer.save_pretrained(str(out))
+    return {"gguf_file": gguf_file, "architecture": model.config.model_type,
+            "parameters": sum(p.numel() for p in model.parameters())}
+
+
 class BaseModelStage(Stage[BaseModelConfig]):
     kind = "artifact"
     version = "1"
@@ -112,6 +142,13 @@ class BaseModelStage(Stage[BaseModelConfig]):
         if self.config.path is None:
             return {}
         root = Path(self.config.path)
+        if self.config.gguf_file is not None:
+            if not (root / self.config.gguf_file).is_file():
+                raise ConfigError("base_model: 'gguf_file' is not a file inside 'path'",
+                                  received=str(root / self.config.gguf_file), expected="an existing .gguf file",
+                                  fix="check 'path' and 'gguf_file' (e.g. assemble the file first, see docs/gemma.md)")
+            f = root / self.config.gguf_file
+            return {"gguf": [self.config.gguf_file, f.stat().st_size, f.stat().st_mtime_ns]}
         if not (root / "config.json").is_file():
             raise ConfigError("base_model: 'path' is not a Hugging Face model folder", received=str(root),
                               expected="a folder with config.json, weights and tokenizer files",
@@ -135,6 +172,9 @@ class BaseModelStage(Stage[BaseModelConfig]):
                      "parameters": sum(p.numel() for p in model.parameters()),
                      "pretrain_first_loss": losses[0] if losses else None,
                      "pretrain_last_loss": losses[-1] if losses else None}
+        elif cfg.gguf_file is not None:
+            stats = {"source": str(Path(cfg.path) / cfg.gguf_file),
+                     **convert_gguf(Path(cfg.path), cfg.gguf_file, out, chat_template=cfg.chat_template)}
         else:
             stats = {"source": str(cfg.path), "bytes": _copy_tree(Path(cfg.path), out)}
             if cfg.chat_template is not None:

@@ -33,6 +33,22 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
 )
 
+#: Gemma's turn format (``<start_of_turn>user`` / ``<start_of_turn>model``) with generation markers around the
+#: answer and its end-of-turn tokens; the tiny ``gemma3`` base model uses it (a real Gemma base sets its own).
+GEMMA_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for message in messages %}"
+    "{% if message['role'] == 'assistant' %}"
+    "{{ '<start_of_turn>model\\n' }}{% generation %}{{ message['content'] | trim }}{{ '<end_of_turn>' }}{{ eos_token }}"
+    "{% endgeneration %}{{ '\\n' }}"
+    "{% else %}"
+    "{{ '<start_of_turn>user\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
+GEMMA_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of_turn>", "<end_of_turn>"]
+
 _GENERATION_TAG = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
 
 #: conversations with awkward text (unicode, digits, whitespace runs, template-like braces) that
@@ -77,6 +93,31 @@ def train_bpe_tokenizer(texts: Iterable[str], *, vocab_size: int, chat_template:
         tokenizer_object=tok, bos_token=BOS, eos_token=IM_END, pad_token=PAD,
         additional_special_tokens=[IM_START], chat_template=chat_template,
     )
+
+
+def train_gemma_tokenizer(texts: Iterable[str], *, vocab_size: int, chat_template: str = GEMMA_TEMPLATE):
+    """A Gemma-style tokenizer trained on ``texts``: sentencepiece-like BPE over ``▁``-spelled text with
+    byte fallback (``<0x00>``..``<0xFF>``), Gemma's special tokens at ids 0-6, wrapped in transformers'
+    ``GemmaTokenizer`` -- the same shape as the real Gemma 3 tokenizer, so the GGUF path of a real Gemma
+    base model (``tokenizer.ggml.model = llama``) is exercised by tiny models too.
+    """
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    from transformers import GemmaTokenizer
+
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(models.BPE(byte_fallback=True, unk_token="<unk>", fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    # merges stay inside "▁word" pieces, as sentencepiece learns them
+    tok.pre_tokenizer = pre_tokenizers.Split("\u2581", behavior="merged_with_next")
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=2, show_progress=False,
+                                  special_tokens=GEMMA_SPECIAL_TOKENS + byte_tokens)
+    tok.train_from_iterator(texts, trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in model["merges"]]
+    return GemmaTokenizer(vocab=model["vocab"], merges=merges, chat_template=chat_template,
+                          additional_special_tokens=["<start_of_turn>", "<end_of_turn>"])
 
 
 def check_template(tokenizer: Any, *, where: str) -> None:

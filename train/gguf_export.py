@@ -3,13 +3,14 @@
 llama.cpp's converter script does not run against the PyPI ``gguf`` and rejects locally trained
 BPE tokenizers, so we write the file ourselves:
 
-1. architecture hyper-parameters (one small function per architecture: Llama, Qwen2; Gemma 3
-   would add its own function plus an entry in ``ARCHITECTURES``),
-2. the tokenizer: byte-level BPE tokens, merges, token types, special token ids, the
-   pre-tokenizer name llama.cpp expects (``gpt-2``, never ``gpt2``), and the chat template with
-   its ``{% generation %}`` markers stripped,
+1. architecture hyper-parameters (one small function per architecture: Llama, Qwen2, Gemma 3
+   text; a Gemma 3 model whose settings GGUF cannot carry is refused, see ``_gemma3_kv``),
+2. the tokenizer: byte-level BPE (``gpt2``: tokens, merges, the pre-tokenizer name llama.cpp
+   expects, ``gpt-2``, never ``gpt2``) or Gemma's sentencepiece-style BPE (``llama``: tokens,
+   scores, byte tokens, merges), token types, special token ids, and the chat template with its
+   ``{% generation %}`` markers stripped,
 3. tensors renamed with gguf's own name map; Llama's q/k projections permuted to llama.cpp's
-   rotary layout; 2-D weights as F16 / Q8_0 (``gguf.quants``) / Q4_0 (same format, scale chosen
+   rotary layout; Gemma's norm weights stored as ``1 + weight``; tied output weights omitted; 2-D weights as F16 / Q8_0 (``gguf.quants``) / Q4_0 (same format, scale chosen
    by a small error search, see ``quantize_q4_0``); norms and biases in F32. Q4_0 files keep
    ``token_embd`` and ``output`` in Q8_0 (llama.cpp keeps the output at higher precision too; its
    Q6_K choice needs k-quants, which the numpy quantisers do not provide).
@@ -18,6 +19,7 @@ BPE tokenizers, so we write the file ourselves:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -38,13 +40,25 @@ def _known_splits() -> dict[str, str]:
     return names
 
 
+def tokenizer_model(tokenizer: Any) -> str:
+    """``tokenizer.ggml.model`` for the tokenizer: ``gpt2`` (byte-level BPE: Llama 3, Qwen2, tiny) or
+    ``llama`` (sentencepiece-style BPE over ``▁``-spelled text with byte fallback: Gemma)."""
+    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    model = spec.get("model", {})
+    if model.get("type") != "BPE":
+        raise ConfigError("GGUF export supports BPE tokenizers only", received=f"tokenizer model {model.get('type')}",
+                          fix="use a base model with a byte-level BPE (Llama 3, Qwen2, tiny) or Gemma tokenizer")
+    norm = spec.get("normalizer") or {}
+    if model.get("byte_fallback") and norm.get("type") == "Replace" and norm.get("content") == "\u2581":
+        return "llama"
+    return "gpt2"
+
+
 def pre_tokenizer_name(tokenizer: Any) -> str:
     """llama.cpp's name for the tokenizer's pre-tokenizer (``tokenizer.ggml.pre``)."""
+    if tokenizer_model(tokenizer) == "llama":
+        return "default"  # sentencepiece vocabularies have no pre-tokenizer regex
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
-    model = spec.get("model", {}).get("type")
-    if model != "BPE":
-        raise ConfigError("GGUF export supports byte-level BPE tokenizers only", received=f"tokenizer model {model}",
-                          fix="use a base model with a byte-level BPE tokenizer (Llama 3, Qwen2, or tiny)")
     pre = spec.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre]) if pre.get("type") == "Sequence" else [pre]
     if len(parts) == 1 and parts[0].get("type") == "ByteLevel" and parts[0].get("use_regex", True):
@@ -59,17 +73,31 @@ def pre_tokenizer_name(tokenizer: Any) -> str:
                       fix="add its llama.cpp name to _known_splits() in train/gguf_export.py")
 
 
+_BYTE_TOKEN = re.compile(r"^<0x[0-9A-F]{2}>$")
+
+
 def tokenizer_metadata(tokenizer: Any, *, vocab_size: int) -> dict[str, Any]:
-    """tokens, token types, merges and special ids, padded to the model's vocabulary size."""
+    """tokens, token types, scores (sentencepiece style only), merges and the pre-tokenizer name, padded
+    to the model's vocabulary size.
+
+    Sentencepiece style (Gemma) is written the way llama.cpp's converter writes Gemma: ``<0xNN>`` byte
+    tokens typed BYTE (score 0), control and user-defined tokens score -1000, runs of two or more ``▁``
+    spelled as real spaces and typed USER_DEFINED (transformers' Gemma reader respells them back), and
+    normal tokens score ``-id`` (BPE ids follow merge order, the priority llama.cpp merges by). The
+    merges are written too, so transformers rebuilds exactly the training tokenizer instead of deriving
+    merges from the vocabulary (llama.cpp ignores them for this tokenizer type).
+    """
     import gguf
 
+    kind = tokenizer_model(tokenizer)
     vocab = tokenizer.get_vocab()
     by_id = {i: t for t, i in vocab.items()}
     special = set(tokenizer.all_special_tokens)
     added = {t.content: t for t in tokenizer.added_tokens_decoder.values()}
-    tokens, types = [], []
+    tokens, types, scores = [], [], []
     for i in range(vocab_size):
         tok = by_id.get(i)
+        score = -1000.0
         if tok is None:
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
@@ -79,12 +107,22 @@ def tokenizer_metadata(tokenizer: Any, *, vocab_size: int) -> dict[str, Any]:
         elif tok in added:
             tokens.append(tok)
             types.append(gguf.TokenType.USER_DEFINED)
+        elif kind == "llama" and _BYTE_TOKEN.match(tok):
+            tokens.append(tok)
+            types.append(gguf.TokenType.BYTE)
+            score = 0.0
+        elif kind == "llama" and len(tok) > 1 and set(tok) == {"\u2581"}:
+            tokens.append(" " * len(tok))
+            types.append(gguf.TokenType.USER_DEFINED)
         else:
             tokens.append(tok)
             types.append(gguf.TokenType.NORMAL)
+            score = -float(i)
+        scores.append(score)
     merges = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["merges"]
     merges = [m if isinstance(m, str) else " ".join(m) for m in merges]
-    return {"tokens": tokens, "types": types, "merges": merges, "pre": pre_tokenizer_name(tokenizer)}
+    return {"model": kind, "tokens": tokens, "types": types, "scores": scores if kind == "llama" else None,
+            "merges": merges, "pre": pre_tokenizer_name(tokenizer)}
 
 
 def _rope_theta(config: Any) -> float:
@@ -96,8 +134,8 @@ def _rope_theta(config: Any) -> float:
     return float(params.get("rope_theta") or getattr(config, "rope_theta", 10000.0))
 
 
-def _common_kv(w, config: Any) -> None:
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+def _block_kv(w, config: Any, *, head_dim: int) -> None:
+    """The transformer-block sizes every supported architecture writes the same way."""
     w.add_context_length(config.max_position_embeddings)
     w.add_embedding_length(config.hidden_size)
     w.add_block_count(config.num_hidden_layers)
@@ -105,11 +143,16 @@ def _common_kv(w, config: Any) -> None:
     w.add_head_count(config.num_attention_heads)
     w.add_head_count_kv(config.num_key_value_heads)
     w.add_layer_norm_rms_eps(config.rms_norm_eps)
-    w.add_rope_freq_base(_rope_theta(config))
-    w.add_rope_dimension_count(head_dim)
     w.add_key_length(head_dim)
     w.add_value_length(head_dim)
     w.add_vocab_size(config.vocab_size)
+
+
+def _common_kv(w, config: Any) -> None:
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    _block_kv(w, config, head_dim=head_dim)
+    w.add_rope_freq_base(_rope_theta(config))
+    w.add_rope_dimension_count(head_dim)
 
 
 def _permute_qk(weights: np.ndarray, n_head: int) -> np.ndarray:
@@ -130,10 +173,55 @@ def _identity_tensor(name: str, data: np.ndarray, config: Any) -> np.ndarray:
     return data
 
 
+def _gemma3_kv(w, config: Any) -> None:
+    """Gemma 3 (text) hyper-parameters, as llama.cpp's converter writes them.
+
+    GGUF has no field for several Gemma 3 settings; llama.cpp and transformers' GGUF reader assume
+    Gemma 3's published values for them, so a model that differs is refused here rather than exported
+    into a file that computes something else: the sliding/full layer pattern (every 6th layer full),
+    the local rope base (10000), query_pre_attn_scalar (transformers assumes 256, llama.cpp head_dim),
+    no logit soft-capping, gelu-tanh, causal attention.
+    """
+    params = getattr(config, "rope_parameters", None) or {}
+    full, local = params.get("full_attention") or {}, params.get("sliding_attention") or {}
+    pattern = ["sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(config.num_hidden_layers)]
+    checks = {
+        "layer_types": (list(config.layer_types), pattern),
+        "rope_parameters.full_attention.rope_type": (full.get("rope_type", "default"), "default"),
+        "rope_parameters.sliding_attention.rope_type": (local.get("rope_type", "default"), "default"),
+        "rope_parameters.sliding_attention.rope_theta": (float(local.get("rope_theta", 10000.0)), 10000.0),
+        "query_pre_attn_scalar": (config.query_pre_attn_scalar, 256),
+        "head_dim": (config.head_dim, config.query_pre_attn_scalar),
+        "final_logit_softcapping": (config.final_logit_softcapping, None),
+        "attn_logit_softcapping": (config.attn_logit_softcapping, None),
+        "hidden_activation": (config.hidden_activation, "gelu_pytorch_tanh"),
+        "attention_bias": (bool(config.attention_bias), False),
+        "use_bidirectional_attention": (bool(getattr(config, "use_bidirectional_attention", False)), False),
+    }
+    for key, (value, expected) in checks.items():
+        if value != expected:
+            raise ConfigError(f"GGUF export (gemma3): {key} differs from what GGUF readers assume for Gemma 3",
+                              received=value, expected=expected,
+                              fix="export a model with Gemma 3's standard settings (GGUF has no field for this one)")
+    _block_kv(w, config, head_dim=config.head_dim)
+    w.add_rope_freq_base(float(full.get("rope_theta", 1_000_000.0)))
+    w.add_sliding_window(config.sliding_window)
+
+
+def _gemma3_tensor(name: str, data: np.ndarray, config: Any) -> np.ndarray:
+    """Gemma's RMSNorm multiplies by ``1 + weight``; GGUF stores ``1 + weight`` (llama.cpp multiplies by
+    the stored value, transformers' reader subtracts 1 again). The embedding scale sqrt(hidden_size)
+    is applied by both readers, so token_embd stays as is."""
+    if name.endswith("norm.weight"):
+        return data + 1.0
+    return data
+
+
 #: model_type -> (gguf arch, hyper-parameter writer, per-tensor transform)
 ARCHITECTURES: dict[str, tuple[str, Callable, Callable]] = {
     "llama": ("LLAMA", _common_kv, _llama_tensor),
     "qwen2": ("QWEN2", _common_kv, _identity_tensor),
+    "gemma3_text": ("GEMMA3", _gemma3_kv, _gemma3_tensor),
 }
 
 FILE_TYPES = {"F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0"}
@@ -145,12 +233,15 @@ _Q4_0_DIVISORS = np.concatenate([np.arange(-9.0, -5.99, 0.25), np.arange(6.0, 8.
 
 
 def quantize_q4_0(data: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
-    """Q4_0 bytes with a per-block scale chosen to minimise squared error.
+    """Q4_0 bytes with a per-block scale chosen to minimise the squared error.
 
     Same format as ``gguf.quants.quantize(..., Q4_0)`` (fp16 scale + 32 4-bit values per block,
     decoded as ``(q - 8) * d`` by every GGUF reader); only the choice of ``d`` differs: we try a
-    grid of scales per block instead of always mapping the largest value to -8, which lowers the
-    rounding error (measured in tests/train/test_gguf_quant.py).
+    grid of scales per block instead of always mapping the largest value to -8, then refine the best
+    one by least squares (``d = Σ q·x / Σ q²``, re-rounded), which lowers the rounding error
+    (measured in tests/train/test_gguf_quant.py). Weighting the error by activation statistics
+    (llama.cpp's imatrix) was tried on the demo model and moved its logit noise by < 1 %, so it is
+    not done.
     """
     shape = data.shape
     blocks = data.reshape(-1, 32).astype(np.float32)
@@ -160,13 +251,22 @@ def quantize_q4_0(data: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
         mx = b[np.arange(len(b)), np.abs(b).argmax(axis=1)]
         best_d = np.zeros(len(b), dtype=np.float32)
         best_err = np.full(len(b), np.inf, dtype=np.float32)
-        for div in _Q4_0_DIVISORS:
-            d = (mx / div).astype(np.float16).astype(np.float32)
+
+        def consider(d: np.ndarray) -> None:
+            d = d.astype(np.float16).astype(np.float32)
             inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
             q = np.clip(np.round(b * inv[:, None]), -8, 7)
             err = ((q * d[:, None] - b) ** 2).sum(axis=1)
             better = err < best_err
             best_err[better], best_d[better] = err[better], d[better]
+
+        for div in _Q4_0_DIVISORS:
+            consider(mx / div)
+        for _ in range(2):  # least-squares refinement of the best scale for its own rounding
+            inv = np.divide(1.0, best_d, out=np.zeros_like(best_d), where=best_d != 0)
+            q = np.clip(np.round(b * inv[:, None]), -8, 7)
+            den = (q * q).sum(axis=1)
+            consider(np.divide((q * b).sum(axis=1), den, out=best_d.copy(), where=den > 0))
         inv = np.divide(1.0, best_d, out=np.zeros_like(best_d), where=best_d != 0)
         q = (np.clip(np.round(b * inv[:, None]), -8, 7) + 8).astype(np.uint8)
         out[start:start + chunk, :2] = best_d.astype(np.float16)[:, None].view(np.uint8)
@@ -218,10 +318,13 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
         w.add_name(name)
         w.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[quant]))
         write_kv(w, config)
-        w.add_tokenizer_model("gpt2")
+        w.add_tokenizer_model(tok["model"])
         w.add_tokenizer_pre(tok["pre"])
         w.add_token_list(tok["tokens"])
         w.add_token_types(tok["types"])
+        if tok["scores"] is not None:
+            w.add_token_scores(tok["scores"])
+            w.add_add_space_prefix(False)
         w.add_token_merges(tok["merges"])
         for attr, add in (("bos_token_id", w.add_bos_token_id), ("eos_token_id", w.add_eos_token_id),
                           ("pad_token_id", w.add_pad_token_id), ("unk_token_id", w.add_unk_token_id)):

@@ -6,8 +6,17 @@
 The input is split into ``--shards`` Parquet files (not timed) so ingest makes that many shards.
 Recipe: ingest -> normalize -> exact_dedup -> near_dedup. Each configuration runs in a fresh
 workspace. For Ray, "startup" is ray.init, "prepare" the global stage's cross-shard pass (one
-Ray task; for near_dedup this is the MinHash/LSH/components computation), "map" the shard map
-(actor pool, includes actor start and stage.load()), "finalize" merging decisions on the driver.
+Ray task for exact_dedup; for near_dedup the Ray-native computation of curation/near_dedup_ray.py,
+broken down as ``prepare.*``), "map" the shard map (actor pool, includes actor start and
+stage.load()), "finalize" merging decisions on the driver.
+
+A Ray config may name the near-dup components method: ``ray:2:driver``, ``ray:2:large_star``,
+``ray:2:auto`` (default) or ``ray:2:task`` (the local near-dup code in one Ray task, as before).
+Near-dup only on the 50k tier, as reported in README.md:
+
+    .venv/bin/python bench/scale/run.py --stages near_dedup --configs local:1,ray:2:driver,ray:2:large_star \
+        --out bench/scale/results_near_dedup_ray.json
+
 Never imported by the package.
 """
 
@@ -63,21 +72,22 @@ def run_local(data: Path, ws: Path, workers: int) -> dict:
     return {"total": round(time.perf_counter() - t0, 2), "steps": {s["step"]: s["seconds"] for s in stats}}
 
 
-def run_ray(data: Path, ws: Path, workers: int) -> dict:
+def run_ray(data: Path, ws: Path, workers: int, method: str | None = None) -> dict:
     import ray
 
     from slmforge.ray_executor import RayExecutor
     from slmforge.runner import plan
 
     t0 = time.perf_counter()
-    ex = RayExecutor(address=None, workers=workers, object_store_memory=500 * 1024 * 1024)
+    ex = RayExecutor(address=None, workers=workers, object_store_memory=500 * 1024 * 1024,
+                     near_dedup_components=method)
     steps = plan(recipe(data, ws, executor="ray", workers=workers))
     by_name = {s.name: s for s in steps}
     ws.mkdir(parents=True, exist_ok=True)
     stats = ex.run(steps, by_name)
     assert not ray.is_initialized()
     return {"total": round(time.perf_counter() - t0, 2), "steps": {s["step"]: s["seconds"] for s in stats},
-            "where": ex.timings}
+            "where": ex.timings, "near_dedup": ex.near_dedup_stats}
 
 
 def main() -> None:
@@ -96,9 +106,12 @@ def main() -> None:
         results = {"docs": n, "shards": args.shards, "stages": ["ingest", *STAGES], "runs": {}}
         outputs = {}
         for cfg in args.configs.split(","):
-            ex, w = cfg.split(":")
-            ws = tmp / f"ws-{ex}-{w}"
-            res = (run_local if ex == "local" else run_ray)(tmp / "data", ws, int(w))
+            ex, w, *method = cfg.split(":")
+            ws = tmp / f"ws-{cfg.replace(':', '-')}"
+            if ex == "local":
+                res = run_local(tmp / "data", ws, int(w))
+            else:
+                res = run_ray(tmp / "data", ws, int(w), method[0] if method else None)
             results["runs"][cfg] = res
             outputs[cfg] = {str(p.relative_to(ws)): p.read_bytes() for p in sorted(ws.rglob("*.parquet"))}
             print(cfg, json.dumps(res), flush=True)

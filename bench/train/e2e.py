@@ -50,6 +50,9 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-steps", type=int, default=600)
     ap.add_argument("--q4-min", type=float, default=0.97, help="min_top1 of the Q4_0 file")
+    ap.add_argument("--pretrain-steps", type=int, default=150, help="pretraining steps of the tiny base model")
+    ap.add_argument("--tie-tolerance", type=float, default=0.1, help="tie_tolerance of the export step")
+    ap.add_argument("--verify-on", choices=["prompt_end", "answer"], default="prompt_end", help="verify_on of the export step")
     args = ap.parse_args()
     ws = args.workspace
     shutil.rmtree(ws, ignore_errors=True)
@@ -61,13 +64,15 @@ def main() -> None:
         {"stage": "dataset", "seed": 0, "validation_fraction": 0.1, "test_fraction": 0.2},
         {"stage": "base_model", "name": "base_model", "inputs": ["docs", "dataset"],
          "tiny": {"hidden_size": 128, "intermediate_size": 256, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
-                  "vocab_size": 1024, "pretrain_steps": 150}},
+                  "vocab_size": 1024, "pretrain_steps": args.pretrain_steps}},
         {"stage": "train", "inputs": ["dataset", "base_model"], "epochs": args.epochs, "max_steps": args.max_steps, "learning_rate": args.lr,
          "rank": 16, "alpha": 32, "batch_size": 8, "max_length": 256, "threads": 2},
         {"stage": "eval", "inputs": ["dataset", "base_model", "train"], "max_examples": 32, "max_new_tokens": 32,
          "threads": 2},
         {"stage": "export", "inputs": ["dataset", "base_model", "train", "eval"], "model_name": "demo-tiny",
-         "min_top1": {"F16": 1.0, "Q8_0": 1.0, "Q4_0": args.q4_min}, "threads": 2},
+         "min_top1": {"F16": 1.0, "Q8_0": 1.0, "Q4_0": args.q4_min}, "tie_tolerance": args.tie_tolerance,
+         "verify_on": args.verify_on,
+         "threads": 2},
     ]
     docs_step = Step(name="docs", config=parse_stage({"stage": "dataset"}, where="bench"), stage=None, inputs=[])
     docs_step.dir = ws / "docs"
@@ -82,13 +87,22 @@ def main() -> None:
         step.dir = ws / step.name / step.fingerprint
         by_name[step.name] = step
         t0 = time.perf_counter()
-        stats = execute(step, by_name, workers=1)
+        try:
+            stats = execute(step, by_name, workers=1)
+        except Exception as exc:  # a failed verification still leaves export.json to print
+            print(step.name, "FAILED", str(exc)[:600])
+            stats = {}
         timings[step.name] = round(time.perf_counter() - t0, 1)
         print(step.name, timings[step.name], "s", json.dumps({k: v for k, v in stats.items()
                                                               if not isinstance(v, (dict, list))})[:400])
     print("total", round(time.perf_counter() - t_all, 1), "s", timings)
-    card = (by_name["export"].dir / "README.md").read_text()
-    print(card[card.index("## Evaluation"):card.index("## Files")])
+    export = json.loads(next(by_name["export"].dir.rglob("export.json")).read_text())
+    print("file | positions | strict | tie-aware | prompt-end strict/tie-aware (n) | max abs diff | merged p(top-1)")
+    for f in export["files"]:
+        v = f["verify"]
+        print(f"{f['file']} | {v['positions']} | {v['top1_agreement']:.4f} | {v['top1_agreement_tie_aware']:.4f} | "
+              f"{v['prompt_end_top1_agreement']:.3f}/{v['prompt_end_top1_agreement_tie_aware']:.3f} ({v['prompts']}) | "
+              f"{v['max_abs_logit_diff']:.3f} | {v['reference_median_top1_prob']:.3f} | {'PASS' if f['passed'] else 'FAIL'}")
 
 
 if __name__ == "__main__":

@@ -14,15 +14,18 @@ class RouteRule(Strict):
     """One routing rule: which rows go to which review queue (an Argilla dataset)."""
 
     queue: str = Field(description="Argilla dataset name of the queue, e.g. 'borderline-quality'.", min_length=1)
-    select: Literal["between", "below", "above", "equals", "cluster_sample", "conflict"] = Field(
+    select: Literal["between", "below", "above", "equals", "cluster_sample", "conflict", "flagged"] = Field(
         description=(
             "between: low <= column <= high (borderline quality scores q_*); below: column < threshold "
             "(e.g. PII confidence); above: column > threshold; equals: column == value (e.g. origin == synthetic); "
             "cluster_sample: the first `per_cluster` rows (by id) of each cluster in `column` (near-dup clusters); "
-            "conflict: rows whose `column` (an answer) differs from another row with the same `group_column`."
+            "conflict: rows whose `column` (an answer) differs from another row with the same `group_column`; "
+            "flagged: rows whose `column` is set (not null, not empty, not false), e.g. `meta.conflict_with` "
+            "written by synth's consistency check."
         )
     )
-    column: str = Field(description="Column the rule reads.")
+    column: str = Field(description="Column the rule reads; `meta.<key>` reads that key of the JSON `meta` column "
+                        "(examples and documents carry one), e.g. `meta.conflict_with`.")
     low: float | None = Field(None, description="Lower bound for 'between' (inclusive).")
     high: float | None = Field(None, description="Upper bound for 'between' (inclusive).")
     threshold: float | None = Field(None, description="Threshold for 'below'/'above'.")
@@ -33,7 +36,7 @@ class RouteRule(Strict):
     @model_validator(mode="after")
     def _needs(self) -> "RouteRule":
         need = {"between": ("low", "high"), "below": ("threshold",), "above": ("threshold",), "equals": ("value",),
-                "conflict": ("group_column",), "cluster_sample": ()}[self.select]
+                "conflict": ("group_column",), "cluster_sample": (), "flagged": ()}[self.select]
         missing = [n for n in need if getattr(self, n) is None]
         if missing:
             raise ConfigError(f"route rule for queue {self.queue!r} with select={self.select!r} needs {missing}; "

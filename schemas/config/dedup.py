@@ -32,8 +32,8 @@ class NearDedupConfig(StageConfig):
     )
     score_column: str | None = Field(None, description="Numeric column used by representative=best_quality (higher is better).")
     batch_size: int = runtime(4096, ge=16, le=1_000_000, description="Documents per Arrow batch (rows).")
-    workers: int | None = runtime(None, ge=1, le=256, description="Worker processes for signatures (default: the runner's workers).")
-    spill_dir: Path | None = runtime(None, description="Folder for spilled band tables (default: the stage work dir or a temp dir).")
+    workers: int | None = runtime(None, ge=1, le=256, description="Threads that shingle and MinHash batches in parallel (default: the runner's workers); results do not depend on it.")
+    spill_dir: Path | None = runtime(None, description="Folder for the spill files: band hashes (8 bytes per band per document) and raw shingle hashes for exact verification (8 bytes per word); default: the stage work dir or a temp dir.")
 
     @model_validator(mode="after")
     def _check(self) -> NearDedupConfig:

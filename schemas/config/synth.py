@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 
 from schemas.config.base import StageConfig, Strict, runtime
+from schemas.errors import ConfigError
 
 
 class ChunkConfig(StageConfig):
@@ -19,20 +20,64 @@ class ChunkConfig(StageConfig):
 
 
 class TeacherConfig(Strict):
-    """One shape for every teacher. Only `extractive` (no model) is implemented in this release."""
+    """One shape for every teacher: the built-in extractive generator, an OpenAI-compatible endpoint, a local folder.
+
+    ``openai`` goes through distilabel's ``OpenAILLM`` with ``base_url`` (vLLM, llama.cpp server, Ollama,
+    ``transformers serve``, OpenAI); ``transformers`` through distilabel's ``TransformersLLM`` on a local folder.
+    """
 
     kind: Literal["extractive", "openai", "transformers"] = Field(
         "extractive", description="extractive: built-in, no model; openai: OpenAI-compatible endpoint; transformers: local folder."
     )
     model: str | None = Field(None, description="Model name (openai) or local folder (transformers). Unused for extractive.")
     base_url: str | None = Field(None, description="Endpoint URL of an OpenAI-compatible server, e.g. http://127.0.0.1:8000/v1.")
-    api_key_env: str | None = Field(None, description="Name of the environment variable holding the API key (never the key itself).")
-    concurrency: int = runtime(8, ge=1, le=1024, description="Requests in flight to a remote teacher.")
-    retries: int = runtime(3, ge=0, le=20, description="Retries per request on transient errors.")
-    timeout: float = runtime(120.0, gt=0, le=3600, description="Seconds per request.")
+    api_key_env: str | None = runtime(
+        None, description="Name of the environment variable holding the API key (never the key itself); unset: a placeholder key (local servers)."
+    )
+    max_new_tokens: int = Field(256, ge=1, le=32_768, description="Most tokens the teacher writes per request.")
+    temperature: float = Field(0.7, ge=0, le=2, description="Sampling temperature of the teacher (0 = greedy where the backend supports it).")
+    concurrency: int = runtime(8, ge=1, le=1024, description="Requests in flight to a remote teacher (openai); prompts per generate call (transformers).")
+    retries: int = runtime(3, ge=0, le=20, description="Retries per request on transient errors (connection errors, 408/429/5xx; openai).")
+    timeout: float = runtime(120.0, gt=0, le=3600, description="Seconds per request (openai).")
     cost_per_input_token: float = runtime(0.0, ge=0, description="Currency units per prompt token (for the cost tally).")
     cost_per_output_token: float = runtime(0.0, ge=0, description="Currency units per completion token (for the cost tally).")
+    device: str = runtime("cpu", description="transformers: torch device of the local model (cpu, cuda, cuda:0, mps).")
+    engine: Literal["direct", "pipeline"] = runtime(
+        "direct",
+        description="direct: our bounded-concurrency loop drives distilabel's Task and LLM in the stage process; pipeline: a "
+        "distilabel Pipeline (LoadDataFromDicts >> Task, use_cache=False) - it forks a process per step, so run with workers: 1.",
+    )
     max_questions_per_chunk: int = Field(6, ge=1, le=100, description="Extractive: most examples generated from one chunk.")
+
+    @model_validator(mode="after")
+    def _needs_model(self) -> TeacherConfig:
+        if self.kind != "extractive" and not self.model:
+            raise ConfigError(
+                f"teacher kind {self.kind!r} needs 'model'",
+                received=self.model, expected="a model name (openai) or a local model folder (transformers)",
+                fix="set e.g. 'teacher: {kind: openai, model: my-model, base_url: http://127.0.0.1:8000/v1}'",
+            )
+        return self
+
+
+class JudgeConfig(Strict):
+    """Who scores generated examples and the per-criterion thresholds (scores are 0-1 columns, thresholds are config)."""
+
+    kind: Literal["auto", "heuristic", "llm"] = Field(
+        "auto", description="heuristic: word-overlap groundedness + answer-length helpfulness (no model); llm: LLM-as-judge "
+        "with template judge_v1 (1-5 per criterion, mapped to 0-1); auto: heuristic for the extractive teacher, llm otherwise."
+    )
+    teacher: TeacherConfig | None = Field(None, description="The judge model (kind openai/transformers); None: the generation teacher.")
+    min_groundedness: float | None = Field(None, ge=0, le=1, description="Examples whose groundedness (0-1) is below are dropped; None: only min_judge_score.")
+    min_helpfulness: float | None = Field(None, ge=0, le=1, description="Examples whose helpfulness (0-1) is below are dropped; None: only min_judge_score.")
+    min_lexical_groundedness: float | None = Field(
+        None, ge=0, le=1, description="Share (0-1) of answer words that must occur in the source chunk, computed for every "
+        "example whatever the judge (a cheap check an LLM judge cannot talk its way around); None disables."
+    )
+
+
+#: thresholds of curation.quality re-applied to generated answers (a gate against degenerate text, loose for short answers)
+DEFAULT_ANSWER_QUALITY: dict[str, float | None] = {"max_dup_5gram_frac": 0.5, "max_top_2gram_frac": 0.5, "min_alpha_words_ratio": 0.3}
 
 
 class SynthConfig(StageConfig):
@@ -41,20 +86,78 @@ class SynthConfig(StageConfig):
     impl: ClassVar[str] = "synth.stage:SynthStage"
     stage: Literal["synth"] = "synth"
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Which teacher writes the examples.")
-    task: Literal["grounded_qa"] = Field("grounded_qa", description="Task template family (grounded_qa: answer quoted from the chunk).")
+    task: Literal["grounded_qa", "self_instruct", "evol_instruct"] = Field(
+        "grounded_qa",
+        description="grounded_qa: a question and an answer quoted from the chunk (RAFT-style); self_instruct: instructions "
+        "written from the chunk (distilabel SelfInstruct), each answered from the chunk; evol_instruct: those instructions "
+        "evolved once (distilabel EvolInstruct mutations) before answering. LLM teachers only for the last two.",
+    )
+    samples_per_chunk: int = Field(1, ge=1, le=32, description="LLM teachers: generation requests per chunk (grounded_qa) or instructions kept per chunk.")
+    turns: int = Field(
+        1, ge=1, le=4, description="LLM teachers, grounded_qa: question/answer turns per example; turns after the first are "
+        "follow-up questions on the same passage (template followup_qa_v1). A failed follow-up leaves the example shorter."
+    )
+    distractors: int = Field(
+        0, ge=0, le=8, description="RAFT: with include_context, this many other passages of the same shard are put in the user turn "
+        "next to the source passage, in a seeded order (template grounded_qa_raft_v1; meta.oracle_position, meta.distractor_ids)."
+    )
     include_context: bool = Field(
         False, description="Put the passage in the user turn (RAFT-style open-book) instead of a closed-book question."
     )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-judge or heuristic judge and its thresholds.")
     min_answer_chars: int = Field(20, ge=1, description="Answers shorter than this (characters) are dropped.")
     max_answer_chars: int = Field(1200, ge=20, description="Answers longer than this (characters) are dropped.")
-    min_judge_score: float = Field(0.5, ge=0, le=1, description="Examples whose judge score (0-1) is below are dropped.")
+    min_judge_score: float = Field(0.5, ge=0, le=1, description="Examples whose judge score (0-1, the minimum over criteria) is below are dropped.")
+    quality: dict[str, float | None] | None = Field(
+        default_factory=lambda: dict(DEFAULT_ANSWER_QUALITY),
+        description="curation.quality rules (FilterConfig names, e.g. max_dup_5gram_frac) re-applied to each answer; "
+        "the first failing rule drops the row with reason 'quality:<rule>'; None disables.",
+    )
     dedup_threshold: float | None = Field(
         0.8, gt=0, le=1, description="Jaccard (word 5-gram) at or above which two answers are near-duplicates (the later one is dropped); None disables."
+    )
+    existing_steps: list[str] = Field(
+        default_factory=list,
+        description="Recipe steps whose EXAMPLES rows already exist (annotated, earlier synth); a generated answer that is a "
+        "near-duplicate of one of theirs is dropped ('near_duplicate_existing'). List them in 'inputs' too.",
     )
     decontam_ngram: int = Field(8, ge=3, le=50, description="Word n-gram length for decontamination against eval rows.")
     eval_step: str | None = Field(
         None, description="Recipe step whose EXAMPLES (or text) rows are held-out eval data; any shared n-gram drops the example."
     )
-    pii_scan: bool = Field(
-        False, description="Scan prompts and outputs with curation.pii.find_pii (needs the 'pii' extra); a hit drops the row."
+    pii_scan: bool | None = Field(
+        None, description="Scan prompts before sending (a hit blocks the call: quarantine 'pii_in_prompt') and re-scan outputs "
+        "(a hit drops the row: 'pii') with curation.pii (needs the 'pii' extra). None: on for openai teachers, off otherwise."
     )
+    pii_mode: Literal["ner", "patterns"] = Field(
+        "ner", description="curation.pii mode of the scan: 'ner' (spaCy names/places + patterns) or 'patterns' (regex only, faster)."
+    )
+    conflict_question_jaccard: float = Field(0.8, gt=0, le=1, description="Question word-set Jaccard at or above which two questions count as the same.")
+    conflict_answer_jaccard: float = Field(0.5, ge=0, le=1, description="Answer 3-gram Jaccard below which answers to the same question conflict (flagged).")
+
+    @field_validator("quality")
+    @classmethod
+    def _quality_rules(cls, v: dict[str, float | None] | None) -> dict[str, float | None] | None:
+        if v is None:
+            return v
+        from schemas.config.curation import FilterConfig
+
+        known = sorted(n for n in FilterConfig.model_fields if n.startswith(("min_", "max_")))
+        bad = [k for k in v if k not in known]
+        if bad:
+            raise ValueError(f"unknown quality rule(s) {bad}; valid: {', '.join(known)}")
+        return v
+
+    @property
+    def scan_pii(self) -> bool:
+        return self.teacher.kind == "openai" if self.pii_scan is None else self.pii_scan
+
+    def fingerprint_dict(self) -> dict:
+        """As the base, plus the runtime-only fields of the nested teacher configs (concurrency, timeouts, costs)."""
+        data = super().fingerprint_dict()
+        runtime_keys = [n for n, f in TeacherConfig.model_fields.items()
+                        if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("runtime")]
+        for t in (data.get("teacher"), (data.get("judge") or {}).get("teacher")):
+            for k in runtime_keys if isinstance(t, dict) else ():
+                t.pop(k, None)
+        return data

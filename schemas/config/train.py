@@ -36,7 +36,12 @@ class DatasetConfig(StageConfig):
 class TinyModelConfig(Strict):
     """A tiny randomly initialised model plus a byte-level BPE tokenizer trained on upstream text (offline demos, tests)."""
 
-    architecture: Literal["llama", "qwen2"] = Field("llama", description="Model architecture of the tiny model.")
+    architecture: Literal["llama", "qwen2", "gemma3"] = Field(
+        "llama",
+        description="Model architecture of the tiny model. 'gemma3': Gemma 3 text (Gemma3ForCausalLM, tied embeddings, "
+        "head_dim 256 as GGUF readers assume, every 6th layer full attention) with a Gemma-style tokenizer "
+        "(sentencepiece-like BPE with byte fallback, <start_of_turn> template) - a small stand-in for Gemma 3 270M.",
+    )
     vocab_size: int = Field(512, ge=300, le=65_536, description="Target BPE vocabulary size (tokens), incl. 256 bytes + specials.")
     hidden_size: int = Field(64, ge=32, le=4096, description="Hidden size; a multiple of 32 (GGUF quant blocks) and of num_heads.")
     intermediate_size: int = Field(128, ge=32, le=16_384, description="MLP width; a multiple of 32.")
@@ -44,6 +49,8 @@ class TinyModelConfig(Strict):
     num_heads: int = Field(4, ge=1, le=64, description="Attention heads.")
     num_kv_heads: int = Field(2, ge=1, le=64, description="Key/value heads (grouped-query attention); divides num_heads.")
     max_position_embeddings: int = Field(1024, ge=64, le=131_072, description="Context length in tokens.")
+    sliding_window: int = Field(512, ge=1, le=131_072,
+                                description="gemma3 only: tokens a sliding-attention layer sees (Gemma 3 270M: 512).")
     seed: int = Field(0, description="Seed of the weight initialisation.")
     pretrain_steps: int = Field(
         0, ge=0, le=100_000,
@@ -61,7 +68,7 @@ class TinyModelConfig(Strict):
         if self.hidden_size % self.num_heads or self.num_heads % self.num_kv_heads:
             raise ConfigError("tiny: num_heads must divide hidden_size and num_kv_heads must divide num_heads",
                               received=(self.hidden_size, self.num_heads, self.num_kv_heads), fix="use e.g. 64, 4, 2")
-        if (self.hidden_size // self.num_heads) % 2:
+        if self.architecture != "gemma3" and (self.hidden_size // self.num_heads) % 2:
             raise ConfigError("tiny: head size (hidden_size / num_heads) must be even for rotary embeddings",
                               received=self.hidden_size // self.num_heads, fix="change num_heads")
         return self
@@ -78,6 +85,12 @@ class BaseModelConfig(StageConfig):
     stage: Literal["base_model"] = "base_model"
     path: str | None = Field(None, description="Local Hugging Face model folder (config.json, weights, tokenizer).")
     tiny: TinyModelConfig | None = Field(None, description="Build a tiny model instead of reading 'path'.")
+    gguf_file: str | None = Field(
+        None,
+        description="Name of a GGUF file inside 'path' (e.g. gemma-3-270m-q4_k_m.gguf): model and tokenizer are read with "
+        "transformers' GGUF loader (weights dequantised to float32) and saved as a Hugging Face folder. None: 'path' "
+        "is a Hugging Face folder.",
+    )
     chat_template: str | None = Field(
         None,
         description="Jinja chat template replacing the tokenizer's; must wrap assistant content and the end-of-turn "
@@ -90,6 +103,9 @@ class BaseModelConfig(StageConfig):
             raise ConfigError("base_model: set exactly one of 'path' or 'tiny'",
                               received={"path": self.path, "tiny": self.tiny is not None},
                               fix="write 'path: /models/my-model' or 'tiny: {}'")
+        if self.gguf_file is not None and self.path is None:
+            raise ConfigError("base_model: 'gguf_file' needs 'path' (the folder holding the GGUF file)",
+                              received={"gguf_file": self.gguf_file}, fix="add 'path: /models/folder-with-the-gguf'")
         return self
 
 
@@ -160,16 +176,25 @@ class ExportConfig(StageConfig):
                             description="Name used in file names, the model card and the Ollama Modelfile.")
     ollama_quantization: Literal["F16", "Q8_0", "Q4_0"] = Field("Q8_0", description="GGUF file the Modelfile points to.")
     system_prompt: str | None = Field(None, description="Optional SYSTEM line of the Ollama Modelfile.")
-    verify_prompts: int = Field(64, ge=1, le=10_000, description="Held-out conversations compared between merged model and each GGUF.")
+    verify_prompts: int = Field(64, ge=1, le=10_000,
+                                description="Held-out conversations compared between the merged model and each GGUF.")
+    verify_on: Literal["prompt_end", "answer"] = Field(
+        "prompt_end",
+        description="Which top-1 agreement is gated. prompt_end: the next-token prediction right after each held-out "
+        "prompt (one position per conversation). answer: every answer position, the answer teacher-forced (hundreds "
+        "to thousands of positions; stricter: it includes every low-margin token of the answer). Both are reported.",
+    )
     min_top1: dict[str, float] = Field(
         {"F16": 1.0, "Q8_0": 1.0, "Q4_0": 0.97},
-        description="Minimum next-token top-1 agreement (0-1) on the held-out prompts per file (tie-aware, see "
-        "tie_tolerance; the strict number is reported too).",
+        description="Minimum top-1 agreement (0-1) with the merged model per file, on the positions 'verify_on' names, "
+        "tie-aware (see tie_tolerance; the strict number is reported too). How far a file can agree depends on the "
+        "model as much as on the file: a flat model has many near-equal top-2 logits that 4-bit rounding reorders "
+        "(see docs/train.md, 'Verify').",
     )
     tie_tolerance: float = Field(
         0.1, ge=0, le=10,
-        description="Logits: when the merged model rates the GGUF's next-token pick within this of its own best "
-        "logit (a near-tie of the merged model itself), the pick counts as agreeing in the gated number. 0 = strict.",
+        description="Logits: when the merged model rates the GGUF's pick within this of its own best logit (a near-tie "
+        "of the merged model itself), the pick counts as agreeing in the gated number. 0 = strict.",
     )
     parity_samples: int = Field(16, ge=1, le=10_000, description="Conversations rendered for the chat-template parity gate.")
     keep_merged: bool = Field(True, description="Also write the merged Hugging Face model (safetensors) to merged/.")

@@ -104,3 +104,27 @@ def test_agreement_known_values():
     rep = agreement(_ans([("r1", "a", "decision", "keep"), ("r1", "b", "decision", "keep"),
                           ("r2", "a", "decision", "drop"), ("r2", "b", "decision", "keep")]))
     assert rep["q/decision"]["pairable"] == 2 and rep["q/decision"]["kappa"]["a|b"] == pytest.approx(0.0)
+
+
+def test_flagged_rule_reads_a_key_of_the_meta_json():
+    """synth's consistency check writes meta.conflict_with; a 'flagged' rule routes exactly those examples."""
+    msgs = lambda q, a: [{"role": "user", "content": q}, {"role": "assistant", "content": a}]  # noqa: E731
+    t = pa.table({
+        "id": ["e1", "e2", "e3", "e4"],
+        "messages": [msgs("What port?", "5432"), msgs("What port?", "8080"), msgs("Who?", "ops"), msgs("x", "y")],
+        "meta": [json.dumps({"conflict_with": "e2", "chunk": "c1"}), json.dumps({"conflict_with": "e1"}),
+                 json.dumps({"chunk": "c3"}), None],
+    })
+    queues = route(t, [RouteRule(queue="synth-conflicts", select="flagged", column="meta.conflict_with")])
+    got = queues["synth-conflicts"]
+    assert got.column("id").to_pylist() == ["e1", "e2"]
+    assert got.column("meta.conflict_with").to_pylist() == ["e2", "e1"]  # shown to reviewers as metadata
+    # plain columns work with 'flagged' too; false / empty / null are not flagged
+    flags = pa.table({"id": ["a", "b", "c", "d"], "flag": [True, False, None, True]})
+    assert route(flags, [RouteRule(queue="q", select="flagged", column="flag")])["q"].column("id").to_pylist() == ["a", "d"]
+    # a queue fed by a meta rule and a plain rule holds each row once
+    both = route(t, [RouteRule(queue="q", select="flagged", column="meta.conflict_with"),
+                     RouteRule(queue="q", select="equals", column="id", value="e3")])
+    assert both["q"].column("id").to_pylist() == ["e1", "e2", "e3"]
+    with pytest.raises(SchemaError, match="meta.<key>"):
+        route(pa.table({"id": ["a"]}), [RouteRule(queue="q", select="flagged", column="meta.conflict_with")])

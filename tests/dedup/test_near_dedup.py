@@ -162,3 +162,99 @@ def test_stage_prepare_and_process_record_decisions(tmp_path, corpus):
     assert 0.8 <= drops["d1042"]["score"] < 1.0 and drops["d1040"]["score"] == 1.0
     assert set(keeps) == {"d1000", "d1041", "d1043", "d1046"}
     assert len(kept) == len(ids) - 5 and not set(kept) & set(drops)
+
+
+def test_signatures_of_many_documents_match_datasketch_for_any_block_size():
+    """Several documents (empty, short, longer than a block) against datasketch, for every grouping."""
+    from datasketch import MinHash
+
+    rng = random.Random(11)
+    texts = ["", _doc(rng, 3), _doc(rng, 40), "!!", _doc(rng, 300), _doc(rng, 9)]
+    cfg = NearDedupConfig(num_perm=32, seed=5)
+    hashes, counts = shingle_hashes(texts, ngram=5)
+    a, b = permutations(cfg)
+    ref = signatures(hashes, counts, a, b)
+    ends = np.cumsum(counts)
+    for k, (e, c) in enumerate(zip(ends.tolist(), counts.tolist())):
+        m = MinHash(num_perm=32, seed=5, hashfunc=lambda x: x)
+        m.update_batch((hashes[e - c:e] >> np.uint64(32)).astype(np.uint32).tolist())
+        assert ref[k].tolist() == m.hashvalues.astype(np.uint32).tolist()
+    for chunk in (1, 5, 64, 1 << 20):  # documents split into groups differently: same minima
+        assert np.array_equal(signatures(hashes, counts, a, b, chunk=chunk), ref)
+
+
+def test_candidate_pairs_match_brute_force():
+    """Bucket grouping (all pairs up to max_group members, a chain above) equals a plain loop."""
+    from curation.near_dedup import _candidate_pairs
+
+    rng = np.random.default_rng(3)
+    n = 400
+    bands = rng.integers(0, 40, size=(n, 4)).astype(np.uint64)  # many buckets of 5-20 members
+    has = rng.random(n) > 0.1
+    for max_group in (64, 8):
+        expect = set()
+        for band in range(bands.shape[1]):
+            buckets: dict[int, list[int]] = {}
+            for d in np.nonzero(has)[0].tolist():
+                buckets.setdefault(int(bands[d, band]), []).append(d)
+            for members in buckets.values():
+                members.sort()
+                if len(members) <= max_group:
+                    expect |= {(x, y) for k, x in enumerate(members) for y in members[k + 1:]}
+                else:
+                    expect |= set(zip(members, members[1:]))
+        keys = _candidate_pairs(bands, has, max_group=max_group)
+        assert {(int(k) // n, int(k) % n) for k in keys} == expect
+
+
+def test_recorded_jaccard_is_exact(tmp_path):
+    """The score of a dropped duplicate is the exact Jaccard of the two shingle sets (read back
+    from the spill), pairs below the threshold are never merged, and the spill is cleaned up."""
+    import re
+
+    def shingles(t: str) -> set[str]:
+        w = re.findall(r"\w+", t.lower())
+        return {" ".join(w[i:i + 5]) for i in range(len(w) - 4)}
+
+    rng = random.Random(21)
+    base = [_doc(rng, 300) for _ in range(6)]
+    texts = base + [_edit(rng, base[k], rate) for k, rate in enumerate((0.0, 0.005, 0.01, 0.02, 0.04, 0.08))]
+    texts.append(" ".join(base[0].split()[:240]))  # truncated copy: set sizes alone rule it out at 0.8
+    ids = [f"d{i}" for i in range(len(texts))]
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    cfg = NearDedupConfig(representative="earliest", spill_dir=spill)
+    from curation.near_dedup import cluster_batches
+
+    tbl = pa.table({"id": ids, "text": texts})
+    table, stats = cluster_batches(lambda: tbl.to_batches(max_chunksize=4), config=cfg, workers=2, spill_dir=spill)
+    assert list(spill.iterdir()) == []
+    cl, jac = table["cluster_id"].to_pylist(), table["jaccard"].to_pylist()
+    for k in range(6, len(texts)):
+        src = 0 if k == len(texts) - 1 else k - 6
+        sa, sb = shingles(texts[src]), shingles(texts[k])
+        true = len(sa & sb) / len(sa | sb)
+        if cl[k] != ids[k]:  # merged: with its source, at an exact Jaccard >= threshold
+            assert cl[k] == ids[src] and true >= 0.8 and jac[k] == pytest.approx(true, abs=1e-12)
+        else:  # below the threshold, or an LSH miss (only near the threshold: P(miss | J >= 0.9) < 1e-3)
+            assert true < 0.9
+    assert cl[-1] == ids[-1]  # 236 of 296 shingles: Jaccard <= 0.797, rejected by the size bound alone
+    assert stats["duplicates"] == sum(c != i for c, i in zip(cl, ids))
+
+
+def test_word_split_equals_polars_regex():
+    """The split-based tokenizer gives exactly the words (and word hashes) of polars'
+    lowercase + ``\\w+`` regex, on adversarial Unicode: case folding that changes byte length,
+    combining marks, non-ASCII spaces and punctuation, CJK, emoji, numerals, joiners, nulls."""
+    import polars as pl
+
+    from curation.near_dedup import _WORD_SEED, _word_hashes
+
+    texts = ["ΣΑΣ σας", "Kelvin \u212a K", "e\u0301te\u0301 café", "a\u00a0b\u2003c", "x²y ½ ٣ Ⅻ", "日本語テキスト、です。",
+             "emoji 😀 ok😀ok", "tab\tnew\nline\r\n", "", None, "   ", "İstanbul ǅ ß ẞ", "_under_score__",
+             "a—b–c “q” ‘r’ …", "\u200dzwj\u200c", "x", " lead", "trail ", "Straße STRASSE"]
+    for batch in (texts, texts[::-1], [None], ["   "], []):
+        words = pl.Series("t", batch, dtype=pl.String).fill_null("").str.to_lowercase().str.extract_all(r"\w+")
+        lens, wh = _word_hashes(batch)
+        assert lens.tolist() == words.list.len().fill_null(0).to_list()
+        assert wh.tolist() == words.explode().drop_nulls().hash(seed=_WORD_SEED).to_list()

@@ -1,4 +1,5 @@
-"""Two Ray nodes (1 CPU each, one worker actor fits per node): output bytes equal the local executor's."""
+"""Two Ray nodes (1 CPU each, one worker actor fits per node): output bytes equal the local executor's
+(the Ray-native near-dup included: its shuffles and shingle-set tables cross the two nodes)."""
 
 import pytest
 
@@ -21,10 +22,13 @@ def test_two_node_cluster_matches_local(corpus, tmp_path):
         ray.init(address=cluster.address, log_to_driver=False,
                  runtime_env={"env_vars": {"POLARS_MAX_THREADS": "1"}})
         assert len([n for n in ray.nodes() if n["Alive"]]) == 2
-        recipe = recipe_from_dict({**recipe_dict(corpus, tmp_path / "ray"), "executor": "ray", "workers": 2,
-                                   "address": cluster.address})
+        def with_near_dedup(d: dict) -> dict:
+            return {**d, "stages": [*d["stages"], {"stage": "near_dedup", "threshold": 0.5}]}
+
+        recipe = recipe_from_dict(with_near_dedup({**recipe_dict(corpus, tmp_path / "ray"), "executor": "ray",
+                                                   "workers": 2, "address": cluster.address}))
         stats = run_recipe(recipe)
-        local = run_recipe(recipe_from_dict(recipe_dict(corpus, tmp_path / "local")))
+        local = run_recipe(recipe_from_dict(with_near_dedup(recipe_dict(corpus, tmp_path / "local"))))
         assert [s["rows_out"] for s in stats] == [s["rows_out"] for s in local]
         a, b = parquet_bytes(tmp_path / "local"), parquet_bytes(tmp_path / "ray")
         assert a.keys() == b.keys() and [k for k in a if a[k] != b[k]] == []

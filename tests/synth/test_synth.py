@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -158,8 +159,24 @@ def test_recipe_entries_parse_and_bad_teacher_teaches():
     cfg = parse_stage({"stage": "synth", "teacher": {"kind": "extractive"}}, where="stages[1]")
     assert isinstance(cfg, SynthConfig)
     assert isinstance(parse_stage({"stage": "chunk", "max_chars": 900}, where="stages[0]"), ChunkConfig)
-    with pytest.raises(ConfigError, match="teacher kind 'openai'"):
-        SynthStage(SynthConfig(teacher={"kind": "openai", "model": "m"})).check({})
+    with pytest.raises(ConfigError, match="teacher kind 'openai' needs 'model'"):
+        parse_stage({"stage": "synth", "teacher": {"kind": "openai"}}, where="stages[1]")
+    with pytest.raises(ConfigError, match="needs an LLM teacher"):
+        SynthStage(SynthConfig(task="self_instruct")).check({})
+    with pytest.raises(ConfigError, match="an LLM judge needs a model"):
+        SynthStage(SynthConfig(judge={"kind": "llm"})).check({})
+    with pytest.raises(ConfigError, match="existing_steps must also be listed"):
+        SynthStage(SynthConfig(existing_steps=["annotated"])).check({})
+    with pytest.raises(ConfigError, match="unknown quality rule"):
+        parse_stage({"stage": "synth", "quality": {"min_wrds": 3}}, where="stages[1]")
+    with pytest.raises(ConfigError, match="local model folder"):
+        from synth.teachers import build_llm
+
+        build_llm(SynthConfig(teacher={"kind": "transformers", "model": "/nonexistent/model"}).teacher)
+    # runtime-only teacher fields (concurrency, timeouts, costs) do not change the fingerprint
+    a = SynthConfig(teacher={"kind": "openai", "model": "m", "concurrency": 8}).fingerprint_dict()
+    b = SynthConfig(teacher={"kind": "openai", "model": "m", "concurrency": 64, "timeout": 5}).fingerprint_dict()
+    assert a == b
     with pytest.raises(ConfigError):
         parse_stage({"stage": "synth", "teachr": {}}, where="stages[1]")
 
@@ -173,3 +190,38 @@ def test_pii_scan_drops_examples_with_pii(tmp_path):
     assert len(drops) >= 1 and res.counters["pii:EMAIL_ADDRESS"] == 1
     assert all("@" not in r["messages"][1]["content"] for r in res.table.to_pylist())
     assert res.table.num_rows >= 5
+
+
+def test_raft_distractors_quality_gate_and_dedup_against_existing_rows(tmp_path):
+    chunks = _chunks(tmp_path, DOC, TICKET)
+    # RAFT: the oracle passage among two distractors, in a seeded order recorded in meta
+    res = SynthStage(SynthConfig(include_context=True, distractors=2, min_answer_chars=10)).process(chunks, _ctx(tmp_path, "synth"))
+    by_id = {c["id"]: c for c in chunks.to_pylist()}
+    rows = res.table.to_pylist()
+    assert rows and all(r["template"] == "grounded_qa_raft_v1:" + json.loads(r["meta"])["kind"] for r in rows)
+    positions = set()
+    for r in rows:
+        meta, user = json.loads(r["meta"]), r["messages"][0]["content"]
+        assert user.count("\nPassage ") == 3 and by_id[r["source_ids"][0]]["text"] in user
+        assert all(by_id[d]["text"] in user for d in meta["distractor_ids"]) and r["source_ids"][0] not in meta["distractor_ids"]
+        positions.add(meta["oracle_position"])
+    assert len(positions) > 1  # the oracle is not always first
+    again = SynthStage(SynthConfig(include_context=True, distractors=2, min_answer_chars=10)).process(chunks, _ctx(tmp_path, "synth"))
+    assert again.table.column("messages").to_pylist() == res.table.column("messages").to_pylist()  # deterministic
+
+    # existing rows (e.g. annotated examples): a generated answer near-duplicating one of them is dropped
+    existing = tmp_path / "annotated"
+    existing.mkdir()
+    answer = "the list of parcels waiting to be placed in a locker once it is online again."
+    pq.write_table(pa.Table.from_pylist([{
+        "id": "a1", "messages": [{"role": "user", "content": "What is the drop queue?"}, {"role": "assistant", "content": answer}],
+        "origin": "annotated", "source_ids": ["x"], "teacher": None, "template": None, "judge_score": None, "split": None,
+        "meta": None}], schema=EXAMPLES), existing / "part-00000.parquet")
+    cfg = SynthConfig(min_answer_chars=10, inputs=["chunk", "annotated"], existing_steps=["annotated"],
+                      quality={"min_alpha_words_ratio": 0.99})
+    res = SynthStage(cfg).process(chunks, _ctx(tmp_path, "synth", inputs={"chunk": tmp_path, "annotated": existing}))
+    reasons = Counter(d["reason"] for d in res.decisions.to_pylist() if d["action"] == "drop")
+    assert reasons["near_duplicate_existing"] == 1
+    assert all(answer not in r["messages"][1]["content"] for r in res.table.to_pylist())
+    # quality rules of curation.quality re-run on answers: numbered steps and codes fail a strict alpha-words ratio
+    assert reasons["quality:min_alpha_words_ratio"] >= 1 and res.counters["dropped:quality:min_alpha_words_ratio"] >= 1

@@ -1,0 +1,65 @@
+"""How much each GGUF quantisation moves a merged model's predictions, without writing the files.
+
+The 2-D weights are quantised and dequantised with the exporter's own quantisers (Q8_0:
+``gguf.quants``; Q4_0: ``train.gguf_export.quantize_q4_0``; embeddings stay Q8_0 as in the export)
+and the model is compared with itself on held-out conversations with ``train.export.compare_logits``
+(the export stage's verification reloads the real files; this is the quick what-if for a big model).
+
+    python bench/train/quant_fidelity.py MERGED_DIR DATASET_DIR [--prompts 32] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("merged", type=Path, help="merged Hugging Face model folder (export's merged/)")
+    ap.add_argument("dataset", type=Path, help="dataset step folder (test or validation split is used)")
+    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--tie-tolerance", type=float, default=0.1)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args()
+
+    import gguf
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from train.export import all_logits, compare_logits, heldout_conversations, verification_inputs
+    from train.gguf_export import quantize_q4_0
+    from train.inputs import load_tokenizer
+
+    torch.set_num_threads(args.threads)
+    Q = gguf.GGMLQuantizationType
+    model = AutoModelForCausalLM.from_pretrained(str(args.merged), dtype=torch.float32).eval()
+    items = verification_inputs(load_tokenizer(args.merged), heldout_conversations(args.dataset, limit=args.prompts))
+    reference = all_logits(model, items)
+    original = {n: p.data.clone() for n, p in model.named_parameters() if p.ndim == 2}
+
+    def roundtrip(w: torch.Tensor, q) -> torch.Tensor:
+        raw = quantize_q4_0(w.numpy()) if q == Q.Q4_0 else gguf.quants.quantize(w.numpy(), q)
+        return torch.from_numpy(gguf.quants.dequantize(raw, q).reshape(w.shape).copy())
+
+    keys = ("prompts", "prompt_end_top1_agreement", "prompt_end_top1_agreement_tie_aware", "positions",
+            "top1_agreement", "top1_agreement_tie_aware", "max_abs_logit_diff", "mean_cosine",
+            "reference_median_top1_prob")
+    for name, qtype in (("Q8_0", Q.Q8_0), ("Q4_0", Q.Q4_0)):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in original:
+                    embed = "embed_tokens" in n or "lm_head" in n
+                    p.copy_(roundtrip(original[n], Q.Q8_0 if embed else qtype))
+        r = compare_logits(reference, all_logits(model, items), items, tie_tolerance=args.tie_tolerance)
+        print(name, f"{time.perf_counter() - t0:.0f} s", json.dumps({k: round(r[k], 4) for k in keys}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
