@@ -209,6 +209,7 @@ class TrainStage(Stage[TrainConfig]):
             weight_decay=cfg.weight_decay, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps or -1,
             logging_steps=cfg.logging_steps, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
             eval_strategy="epoch" if has_val else "no", seed=cfg.seed, data_seed=cfg.seed,
+            prediction_loss_only=True,  # validation needs the loss only; logits of a 262k vocabulary would pile up
             bf16=precision == "bf16", fp16=precision == "fp16", use_cpu=not cuda, report_to=[],
             disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
             activation_checkpointing=cfg.gradient_checkpointing, save_only_model=False,
