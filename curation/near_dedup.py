@@ -335,6 +335,18 @@ def _read_sets(path: Path, offsets: np.ndarray, docs: np.ndarray) -> dict[int, n
     return sets
 
 
+def check_columns(names: Sequence[str], config: NearDedupConfig) -> None:
+    """The input has ``id`` and ``text`` (and the score column when representatives are chosen by it)."""
+    if "id" not in names or "text" not in names:
+        raise SchemaError("near_dedup: input lacks 'id'/'text' columns", received=list(names),
+                          expected="columns id (int64 or string) and text (string)",
+                          fix="run ingest first or rename the columns")
+    score_col = config.score_column if config.representative == "best_quality" else None
+    if score_col and score_col not in names:
+        raise SchemaError(f"near_dedup: score column {score_col!r} missing", received=list(names),
+                          expected=f"a numeric column {score_col!r}", fix="set score_column to an existing column")
+
+
 def components(n: int, i: np.ndarray, j: np.ndarray) -> np.ndarray:
     """Connected components of an undirected graph: label = smallest member index (vectorised)."""
     lab = np.arange(n)
@@ -400,17 +412,11 @@ def cluster_batches(
             import pyarrow.compute as pc
 
             for batch in batches:
-                if "id" not in batch.schema.names or "text" not in batch.schema.names:
-                    raise SchemaError("near_dedup: input lacks 'id'/'text' columns", received=batch.schema.names,
-                                      expected="columns id (int64 or string) and text (string)",
-                                      fix="run ingest first or rename the columns")
+                check_columns(batch.schema.names, config)
                 ids_chunks.append(batch.column("id"))
                 text = batch.column("text")
                 lengths.append(pc.fill_null(pc.utf8_length(text), 0).to_numpy(zero_copy_only=False).astype(np.int64))
                 if score_col:
-                    if score_col not in batch.schema.names:
-                        raise SchemaError(f"near_dedup: score column {score_col!r} missing", received=batch.schema.names,
-                                          expected=f"a numeric column {score_col!r}", fix="set score_column to an existing column")
                     scores.append(pc.fill_null(batch.column(score_col).cast(pa.float64()), float("-inf")).to_numpy(zero_copy_only=False))
                 yield text
 

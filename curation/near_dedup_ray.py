@@ -52,13 +52,14 @@ import pyarrow as pa
 from curation.near_dedup import (
     CLUSTERS_FILE,
     band_hashes,
+    check_columns,
     components,
     permutations,
     shingle_hashes,
     signatures,
 )
 from schemas.config.dedup import NearDedupConfig
-from schemas.errors import ConfigError, SchemaError
+from schemas.errors import ConfigError
 from schemas.io import write_parquet
 
 METHODS = ("auto", "driver", "large_star")
@@ -85,7 +86,7 @@ def _signature_block(batch: dict[str, Any], *, config: NearDedupConfig, a: np.nd
     for path, base in zip(batch["path"].tolist(), batch["base"].tolist()):
         pos = int(base)
         pf = pq.ParquetFile(path)
-        _check_columns(pf.schema_arrow.names, config)
+        check_columns(pf.schema_arrow.names, config)
         for rb in pf.iter_batches(batch_size=config.batch_size, columns=["text"]):
             m = rb.num_rows
             hashes, counts = shingle_hashes(rb.column("text"), ngram=config.ngram)
@@ -101,17 +102,6 @@ def _signature_block(batch: dict[str, Any], *, config: NearDedupConfig, a: np.nd
         return pa.table({"band": pa.array([], pa.int32()), "bucket": pa.array([], pa.uint64()),
                          "idx": pa.array([], pa.int64())})
     return pa.concat_tables(out)
-
-
-def _check_columns(names: list[str], config: NearDedupConfig) -> None:
-    score_col = config.score_column if config.representative == "best_quality" else None
-    if "id" not in names or "text" not in names:
-        raise SchemaError("near_dedup: input lacks 'id'/'text' columns", received=names,
-                          expected="columns id (int64 or string) and text (string)",
-                          fix="run ingest first or rename the columns")
-    if score_col and score_col not in names:
-        raise SchemaError(f"near_dedup: score column {score_col!r} missing", received=names,
-                          expected=f"a numeric column {score_col!r}", fix="set score_column to an existing column")
 
 
 def _bucket_pairs(t: pa.Table, *, offsets: np.ndarray) -> pa.Table:
