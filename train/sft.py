@@ -216,6 +216,8 @@ class TrainStage(Stage[TrainConfig]):
             def on_step_end(self, args, state, control, **kw):
                 ctx.progress(1)
 
+        if cfg.max_validation_rows is not None:  # the validation loss needs every row's full-vocabulary logits
+            rows["validation"] = rows["validation"][:cfg.max_validation_rows]
         has_val = bool(rows["validation"])
         args = TrainingArguments(
             output_dir=str(ckpt_dir), per_device_train_batch_size=cfg.batch_size,
@@ -238,7 +240,9 @@ class TrainStage(Stage[TrainConfig]):
         trainer.remove_callback(PrinterCallback)  # library code never prints
         last = get_last_checkpoint(str(ckpt_dir)) if ckpt_dir.is_dir() else None
         result = trainer.train(resume_from_checkpoint=last)
-        final_eval = trainer.evaluate() if has_val else {}
+        # the Trainer evaluates at the end of an epoch, and when max_steps ends training; never twice
+        done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
+        final_eval = done[-1] if done else trainer.evaluate() if has_val else {}
 
         # 5. artifacts
         model.save_pretrained(str(out / "adapter"))
@@ -249,7 +253,7 @@ class TrainStage(Stage[TrainConfig]):
         losses = [h["loss"] for h in history if "loss" in h]
         stats = {
             "device": "cuda" if cuda else "cpu", "method": "qlora" if quantize_4bit else "lora", "precision": precision,
-            "warnings": warnings, "train_rows": len(splits["train"]), "validation_rows": len(splits["validation"]),
+            "warnings": warnings, "train_rows": len(splits["train"]), "validation_rows": len(rows["validation"]),
             "train_sequences": len(rows["train"]), "trained_tokens": trained_tokens, "truncated_rows": truncated,
             "replay_sequences": len(replay), "replay_tokens": sum(len(r["input_ids"]) - 1 for r in replay),
             "end_of_turn_token": tokenizer.convert_ids_to_tokens([eot])[0], "end_of_turn_checked_rows": checked,

@@ -142,6 +142,11 @@ class TrainConfig(StageConfig):
     save_steps: int = runtime(50, ge=1, description="Write a resumable checkpoint every this many optimizer steps.")
     logging_steps: int = Field(1, ge=1, description="Record the loss every this many optimizer steps (loss.json granularity).")
     threads: int | None = runtime(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+    max_validation_rows: int | None = Field(
+        None, ge=1,
+        description="Compute the validation loss on at most this many validation rows (first by id). None: all. "
+        "Each row costs a forward pass with full-vocabulary logits, which adds up on CPU with large vocabularies.",
+    )
     replay_path: str | None = Field(
         None,
         description="General (non-domain) text mixed into training against forgetting: a .jsonl or .parquet file with a "

@@ -53,3 +53,14 @@ def test_packing_concatenates_up_to_max_length():
     rows = [{"input_ids": [1] * 5, "labels": [1] * 5} for _ in range(5)]
     packed = pack(rows, max_length=12)
     assert [len(p["input_ids"]) for p in packed] == [10, 10, 5]
+
+
+def test_validation_loss_is_computed_once_and_can_be_capped(pipeline, tmp_path):
+    """The Trainer evaluates when max_steps ends training; the stage must not evaluate the same step again
+    (on CPU with a 262k vocabulary each validation pass took minutes)."""
+    stats = TrainStage(TrainConfig(max_steps=2, batch_size=4, threads=2, max_validation_rows=3)).run(
+        make_ctx(tmp_path, "v", {"dataset": pipeline["dataset"], "base": pipeline["base"]}))
+    history = json.loads((tmp_path / "v" / "loss.json").read_text())["history"]
+    evals = [h for h in history if "eval_loss" in h]
+    assert len(evals) == 1 and evals[0]["step"] == 2 and stats["validation_loss"] == evals[0]["eval_loss"]
+    assert stats["validation_rows"] == 3
