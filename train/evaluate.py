@@ -111,6 +111,22 @@ def generate_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tok
     return answers
 
 
+def prompts_and_references(rows: list[dict]) -> tuple[list[list[dict]], list[str]]:
+    """The prompt messages and reference answer of every row that has an assistant turn."""
+    pairs = [p for p in (prompt_and_reference(r["messages"]) for r in rows) if p]
+    return [p for p, _ in pairs], [ref for _, ref in pairs]
+
+
+def evaluate_model(model, tokenizer, rows: list[dict], prompts: list[list[dict]], references: list[str], *,
+                   max_length: int, batch_size: int, max_new_tokens: int) -> tuple[dict[str, float], list[str]]:
+    """Held-out loss/perplexity on ``rows`` plus exact match / token F1 / ROUGE-L of greedy answers to
+    ``prompts``; returns (metrics, answers)."""
+    result = heldout_loss(model, tokenizer, rows, max_length=max_length, batch_size=batch_size)
+    answers = generate_answers(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
+    result.update(score(answers, references))
+    return result, answers
+
+
 def score(answers: list[str], references: list[str]) -> dict[str, float]:
     n = max(len(answers), 1)
     return {
@@ -174,16 +190,14 @@ class EvalStage(Stage[EvalConfig]):
         if not rows:
             raise StageError(f"eval: the {cfg.split} split is empty", received=str(inputs.examples),
                              fix="give the dataset step a non-zero test_fraction (and at least 3 source documents)")
-        pairs = [prompt_and_reference(r["messages"]) for r in rows]
-        prompts, refs = [p[0] for p in pairs if p], [p[1] for p in pairs if p]
+        prompts, refs = prompts_and_references(rows)
         tokenizer = load_tokenizer(inputs.base_model)
         results: dict[str, dict[str, float]] = {}
         answers: dict[str, list[str]] = {}
         for name, adapter in (("base", None), ("tuned", inputs.adapter)):
             model = load_model(inputs.base_model, adapter=adapter)
-            results[name] = heldout_loss(model, tokenizer, rows, max_length=cfg.max_length, batch_size=cfg.batch_size)
-            answers[name] = generate_answers(model, tokenizer, prompts, max_new_tokens=cfg.max_new_tokens)
-            results[name].update(score(answers[name], refs))
+            results[name], answers[name] = evaluate_model(model, tokenizer, rows, prompts, refs, max_length=cfg.max_length,
+                                                          batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
             ctx.progress(1)
             del model
         plot_comparison(results, out / "eval.png")

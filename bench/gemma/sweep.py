@@ -44,14 +44,13 @@ CONFIGS = {  # in the order they are tried (a time-limited run scores the first 
 
 
 def score_model(model, tokenizer, rows, general, *, max_new_tokens: int) -> dict[str, float]:
-    from train.chat import prompt_and_reference
     from train.domain_eval import text_perplexity
-    from train.evaluate import generate_answers, heldout_loss, score
+    from train.evaluate import evaluate_model, prompts_and_references
 
-    loss = heldout_loss(model, tokenizer, rows, max_length=256, batch_size=8)
-    pairs = [prompt_and_reference(r["messages"]) for r in rows]
-    answers = generate_answers(model, tokenizer, [p for p, _ in pairs], max_new_tokens=max_new_tokens)
-    return {"answer_perplexity": loss["perplexity"], **score(answers, [ref for _, ref in pairs]),
+    prompts, refs = prompts_and_references(rows)
+    metrics, _ = evaluate_model(model, tokenizer, rows, prompts, refs, max_length=256, batch_size=8,
+                                max_new_tokens=max_new_tokens)
+    return {"answer_perplexity": metrics["perplexity"], **{k: metrics[k] for k in ("exact_match", "token_f1", "rouge_l")},
             "general_perplexity": text_perplexity(model, tokenizer, general)["perplexity"]}
 
 
@@ -72,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from train.inputs import load_model, load_tokenizer, read_examples
     from train.sft import TrainStage
 
-    rows = sorted(read_examples(args.dataset, split="validation"), key=lambda r: r["id"])[:args.rows]
+    rows = read_examples(args.dataset, split="validation")[:args.rows]  # sorted by id
     if not rows:
         print("the dataset has no validation split: set validation_fraction > 0 in its dataset step", file=sys.stderr)
         return 2
