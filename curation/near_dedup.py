@@ -178,6 +178,20 @@ def permutations(config: NearDedupConfig) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(a, dtype=np.uint32), np.asarray(b, dtype=np.uint32)
 
 
+def fmix32(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 32-bit finaliser, the pre-mix datasketch applies to hash values in its
+    affine32 scheme (tested equal to datasketch's MinHash). Written out here so that hashing in a
+    worker process does not import datasketch, whose package import pulls in scipy (~0.7 s)."""
+    h = np.asarray(h, dtype=np.uint32).copy()
+    with np.errstate(over="ignore"):
+        h ^= h >> np.uint32(16)
+        h *= np.uint32(0x85EBCA6B)
+        h ^= h >> np.uint32(13)
+        h *= np.uint32(0xC2B2AE35)
+        h ^= h >> np.uint32(16)
+    return h
+
+
 def signatures(hashes: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndarray, *, chunk: int = 8192) -> np.ndarray:
     """uint32 MinHash signatures (docs x num_perm); documents without shingles get all 0xFFFFFFFF.
 
@@ -186,14 +200,12 @@ def signatures(hashes: np.ndarray, counts: np.ndarray, a: np.ndarray, b: np.ndar
     ``num_perm x chunk`` block of permuted values stays in the CPU cache and every document's
     minimum is one ``reduceat`` (no merging across blocks).
     """
-    from datasketch.minhash import _fmix  # datasketch's pre-mix of hash values (affine32 scheme)
-
     n_docs, num_perm = len(counts), len(a)
     sig = np.full((num_perm, n_docs), 0xFFFFFFFF, dtype=np.uint32)  # perm-major: reduceat on contiguous rows
     if n_docs == 0 or len(hashes) == 0:
         return np.ascontiguousarray(sig.T)
     with np.errstate(over="ignore"):
-        hv = _fmix((hashes >> np.uint64(32)).astype(np.uint32), 32)  # 32-bit hash values, as datasketch
+        hv = fmix32((hashes >> np.uint64(32)).astype(np.uint32))  # 32-bit hash values, as datasketch
         counts = np.asarray(counts, dtype=np.int64)
         nz = np.nonzero(counts)[0]
         ends = np.cumsum(counts)[nz]
@@ -290,7 +302,7 @@ def _candidate_pairs(bands_mm: np.ndarray, has: np.ndarray, *, max_group: int = 
     return np.unique(np.concatenate(keys))
 
 
-def _jaccard(x: np.ndarray, y: np.ndarray) -> float:
+def sorted_jaccard(x: np.ndarray, y: np.ndarray) -> float:
     """Exact Jaccard of two sorted unique hash arrays."""
     if len(x) == 0 and len(y) == 0:
         return 1.0
@@ -302,6 +314,13 @@ def _jaccard(x: np.ndarray, y: np.ndarray) -> float:
     pos[pos == len(y)] = 0
     inter = int(np.count_nonzero(y[pos] == x))
     return inter / (len(x) + len(y) - inter)
+
+
+def may_reach(ni: np.ndarray, nj: np.ndarray, threshold: float) -> np.ndarray:
+    """Pairs whose set sizes allow a Jaccard >= ``threshold`` (J <= min/max; float J <= float
+    min/max by monotone rounding): the others are rejected without intersecting."""
+    lo, hi = np.minimum(ni, nj), np.maximum(ni, nj)
+    return (hi == 0) | (lo / np.maximum(hi, 1) >= threshold)
 
 
 def _verify(pi: np.ndarray, pj: np.ndarray, sets: dict[int, np.ndarray], threshold: float) -> np.ndarray:
@@ -316,10 +335,9 @@ def _verify(pi: np.ndarray, pj: np.ndarray, sets: dict[int, np.ndarray], thresho
     size = {d: len(v) for d, v in sets.items()}
     ni = np.fromiter((size[i] for i in pi.tolist()), np.int64, len(pi))
     nj = np.fromiter((size[j] for j in pj.tolist()), np.int64, len(pj))
-    lo, hi = np.minimum(ni, nj), np.maximum(ni, nj)
-    maybe = (hi == 0) | (lo / np.maximum(hi, 1) >= threshold)  # float J <= float lo/hi (monotone rounding)
+    maybe = may_reach(ni, nj, threshold)
     for k in np.nonzero(maybe)[0].tolist():
-        ok[k] = _jaccard(sets[int(pi[k])], sets[int(pj[k])]) >= threshold
+        ok[k] = sorted_jaccard(sets[int(pi[k])], sets[int(pj[k])]) >= threshold
     return ok
 
 
@@ -476,7 +494,7 @@ def cluster_batches(
     is_rep = rep == order_idx
     jac = np.ones(n)
     for i in np.nonzero(~is_rep)[0].tolist():
-        jac[i] = _jaccard(sets[i], sets[int(rep[i])])
+        jac[i] = sorted_jaccard(sets[i], sets[int(rep[i])])
     sizes = np.bincount(comp) if n else np.zeros(0, np.int64)
     table = pa.table({"id": ids, "cluster_id": ids.take(pa.array(rep)), "is_rep": pa.array(is_rep),
                       "jaccard": pa.array(jac, pa.float64())})

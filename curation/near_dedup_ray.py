@@ -1,6 +1,5 @@
 """Near-duplicate clustering on Ray: the same clusters as :mod:`curation.near_dedup`, computed
-on a Ray cluster (Ray Data for the signature map and the band shuffle, Ray tasks for the rest)
-instead of one process.
+on a Ray cluster (waves of Ray tasks over object-store blocks) instead of one process.
 
 Used by the Ray executor for ``near_dedup`` (``slmforge/ray_executor.py``); it writes the stage's
 ``near_dedup_clusters.parquet`` byte for byte as ``NearDedupStage.prepare`` does, after which the
@@ -10,18 +9,19 @@ so shingles, MinHash and band hashes are the local ones by construction.
 
 Pipeline (``n`` documents in ``S`` input shards; global index = position in input order):
 
-1. **signatures** — ``map_batches`` over one block per shard (never one packed block: Ray's
-   readers merge small inputs and the map would run on one CPU); each task reads its shard in
-   the stage's ``batch_size`` batches and emits ``(band, bucket, idx)`` for every document with
-   shingles.
-2. **band grouping** — in the same Ray Data execution: ``repartition(keys=["band", "bucket"])``
-   (hash shuffle), then every block grouped with polars (one call per block, not per group: no
-   ``map_groups``). Candidate pairs are the local stage's: all pairs of a bucket up to 64
+1. **signatures** — one Ray task per shard reads it in the stage's ``batch_size`` batches and
+   emits ``(band, bucket, idx)`` for every document with shingles, hash-split on
+   ``(band, bucket)`` into ``P`` parts (the map side of a hash shuffle; ``P = 2 × workers``).
+2. **band grouping** — one Ray task per part concatenates that part of every shard and groups
+   it with polars (one call per block, not per group). Candidate pairs are the local stage's:
+   all pairs of a bucket up to 64
    members, a chain of the sorted members above. (These are *pairs to verify*; a star of
    unverified edges per bucket would change which pairs pass the exact check, so it would not
    give the local clusters.)
-3. **shingle sets** — one Ray task per shard computes the sorted unique shingle hashes of its
-   candidate documents only (and their ``id, length[, score]``), kept in the object store.
+3. **shingle sets** — the signature tasks spilled each shard's raw shingle hashes (as the local
+   stage does; under the step's work folder, shared storage); one Ray task per shard reads back
+   the sorted unique hashes of its candidate documents only (and their ``id, length[, score]``),
+   kept in the object store.
 4. **verify + components** — ``driver``: the candidate pairs are collected (de-duplicated across
    bands), verified by Ray tasks grouped by shard pair (each gets only its two set tables as
    resolved arguments) and labelled with the local ``components`` (smallest member index).
@@ -34,6 +34,11 @@ Pipeline (``n`` documents in ``S`` input shards; global index = position in inpu
    rule (longest / earliest / best_quality, ties earliest) and the exact Jaccard to the
    representative (Ray tasks over the set tables).
 
+Why tasks and not Ray Data: the data never flows through a dataset here (shards are files on
+shared storage, the shuffles move a few MB of integers), and on small clusters Ray Data's fixed
+cost per execution (its helper actors, the streaming executor) was larger than the work
+(bench/scale/README.md has the measurements).
+
 Verification is the local one (``|x & y| / (|x| + |y| - |x & y|) >= threshold`` on unique
 shingle-hash sets, float64), so the written files are byte-identical to a local run.
 """
@@ -41,6 +46,8 @@ shingle-hash sets, float64), so the written files are byte-identical to a local 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -54,9 +61,11 @@ from curation.near_dedup import (
     band_hashes,
     check_columns,
     components,
+    may_reach,
     permutations,
     shingle_hashes,
     signatures,
+    sorted_jaccard,
 )
 from schemas.config.dedup import NearDedupConfig
 from schemas.errors import ConfigError
@@ -75,21 +84,30 @@ def _columns(config: NearDedupConfig) -> list[str]:
     return ["id", "text"] + ([score] if score else [])
 
 
-def _signature_block(batch: dict[str, Any], *, config: NearDedupConfig, a: np.ndarray, b: np.ndarray,
-                     bands: int, rows: int) -> pa.Table:
-    """One shard -> ``(band, bucket, idx)`` rows of its documents with shingles (same batches,
-    shingles, MinHash and band hashes as the local stage)."""
+def _signature_parts(path: str, base: int, *, config: NearDedupConfig, a: np.ndarray, b: np.ndarray,
+                     bands: int, rows: int, parts: int, spill: str) -> list[pa.Table]:
+    """One shard -> its ``(band, bucket, idx)`` rows (documents with shingles; same batches,
+    shingles, MinHash and band hashes as the local stage), hash-split on ``(band, bucket)`` into
+    ``parts`` tables (the map side of the band shuffle), and as last value the shard's
+    ``idx, id, length[, score]``. The raw shingle hashes go to ``spill`` + ``.hashes`` (per-document
+    counts in ``.counts.npy``), as the local stage spills them: the candidates' exact sets are
+    read back from there instead of shingling their texts again."""
     import pyarrow.parquet as pq
 
     np.seterr(over="ignore")
-    out = []
-    for path, base in zip(batch["path"].tolist(), batch["base"].tolist()):
-        pos = int(base)
-        pf = pq.ParquetFile(path)
-        check_columns(pf.schema_arrow.names, config)
-        for rb in pf.iter_batches(batch_size=config.batch_size, columns=["text"]):
+    out, metas, count_list = [], [], []
+    pos = int(base)
+    pf = pq.ParquetFile(path)
+    check_columns(pf.schema_arrow.names, config)
+    tmp = Path(spill + ".hashes.tmp")
+    with open(tmp, "wb") as f:
+        for rb in pf.iter_batches(batch_size=config.batch_size, columns=_columns(config)):
             m = rb.num_rows
-            hashes, counts = shingle_hashes(rb.column("text"), ngram=config.ngram)
+            text = rb.column("text")
+            hashes, counts = shingle_hashes(text, ngram=config.ngram)
+            f.write(np.ascontiguousarray(hashes, dtype=np.uint64).tobytes())
+            count_list.append(np.asarray(counts, dtype=np.int64))
+            metas.append(_meta(rb, config, np.arange(pos, pos + m, dtype=np.int64)))
             bh = band_hashes(signatures(hashes, counts, a, b), bands, rows)
             has = np.nonzero(counts > 0)[0]
             out.append(pa.table({
@@ -98,10 +116,30 @@ def _signature_block(batch: dict[str, Any], *, config: NearDedupConfig, a: np.nd
                 "idx": np.repeat(has.astype(np.int64) + pos, bands),
             }))
             pos += m
-    if not out:
-        return pa.table({"band": pa.array([], pa.int32()), "bucket": pa.array([], pa.uint64()),
-                         "idx": pa.array([], pa.int64())})
-    return pa.concat_tables(out)
+    counts_tmp = Path(spill + ".counts.tmp.npy")
+    np.save(counts_tmp, np.concatenate(count_list) if count_list else np.zeros(0, np.int64))
+    os.replace(tmp, spill + ".hashes")
+    os.replace(counts_tmp, spill + ".counts.npy")
+    t = pa.concat_tables(out) if out else pa.table({"band": pa.array([], pa.int32()), "bucket": pa.array([], pa.uint64()),
+                                                    "idx": pa.array([], pa.int64())})
+    with np.errstate(over="ignore"):
+        key = t["bucket"].to_numpy() ^ (t["band"].to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
+    part = _part_of(key, parts)
+    meta = pa.concat_tables(metas) if metas else _meta(pa.table({"id": pa.array([], pa.string()),
+                                                                 "text": pa.array([], pa.string())}), config,
+                                                        np.zeros(0, np.int64))
+    return [*(t.filter(pa.array(part == k)) for k in range(parts)), meta]
+
+
+def _meta(rb: Any, config: NearDedupConfig, idx: np.ndarray) -> pa.Table:
+    """``idx, id, length[, score]`` of a batch (the representative rule's inputs)."""
+    import pyarrow.compute as pc
+
+    meta = {"idx": pa.array(idx, pa.int64()), "id": pc.cast(rb.column("id"), pa.string()),
+            "length": pc.cast(pc.fill_null(pc.utf8_length(rb.column("text")), 0), pa.int64())}
+    if config.representative == "best_quality":
+        meta["score"] = pc.fill_null(pc.cast(rb.column(config.score_column), pa.float64()), float("-inf"))
+    return pa.table(meta)
 
 
 def _bucket_pairs(t: pa.Table, *, offsets: np.ndarray) -> pa.Table:
@@ -124,76 +162,59 @@ def _bucket_pairs(t: pa.Table, *, offsets: np.ndarray) -> pa.Table:
                      "sj": np.searchsorted(offsets, j, side="right") - 1})
 
 
+def _pairs_reduce(offsets: np.ndarray, *tables: pa.Table) -> tuple[pa.Table, int]:
+    """The reduce side of the band shuffle: one (band, bucket) hash part from every shard ->
+    its candidate pairs and their count."""
+    out = _bucket_pairs(pa.concat_tables(tables), offsets=offsets)
+    return out, out.num_rows
+
+
 def _block_nodes(t: pa.Table) -> np.ndarray:
     return np.unique(np.concatenate([t["i"].to_numpy(), t["j"].to_numpy(), np.zeros(0, np.int64)]))
 
 
 # --- 3. exact shingle sets and Jaccard ----------------------------------------------------------
-def _shard_sets(path: str, base: int, local: np.ndarray, config: NearDedupConfig) -> tuple[dict, pa.Table]:
+def _shard_sets(spill: str, base: int, local: np.ndarray, meta: pa.Table) -> tuple[dict, pa.Table]:
     """For the given rows of one shard (``local``: sorted row numbers): their sorted unique shingle
-    hashes (``idx, off, flat``) and their ``idx, id, length[, score]`` (for representatives)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
-
-    np.seterr(over="ignore")
-    t = pq.read_table(path, columns=_columns(config)).take(pa.array(local))
-    text = t.column("text")
-    hashes, counts = shingle_hashes(text, ngram=config.ngram)
-    # per-document np.unique, vectorised: sort by (document, hash), drop repeats
-    doc = np.repeat(np.arange(len(counts)), counts)
-    order = np.lexsort((hashes, doc))
-    h, d = hashes[order], doc[order]
-    keep = np.ones(len(h), bool)
-    keep[1:] = (h[1:] != h[:-1]) | (d[1:] != d[:-1])
-    flat, lens = h[keep], np.bincount(d[keep], minlength=len(counts)).astype(np.int64)
-    off = np.zeros(len(counts) + 1, dtype=np.int64)
+    hashes (``idx, off, flat``), read back from the shard's spill, and their rows of ``meta``."""
+    counts = np.load(spill + ".counts.npy")
+    start = np.zeros(len(counts) + 1, dtype=np.int64)
+    np.cumsum(counts, out=start[1:])
+    raw = np.memmap(spill + ".hashes", dtype=np.uint64, mode="r") if start[-1] else np.zeros(0, np.uint64)
+    sets, lens = [], np.zeros(len(local), dtype=np.int64)
+    for k, d in enumerate(local.tolist()):
+        u = np.unique(raw[start[d]:start[d + 1]])  # sorted unique, as the local stage's sets
+        sets.append(u)
+        lens[k] = len(u)
+    off = np.zeros(len(local) + 1, dtype=np.int64)
     np.cumsum(lens, out=off[1:])
+    flat = np.concatenate(sets) if sets else np.zeros(0, np.uint64)
     idx = local.astype(np.int64) + base
-    meta = {"idx": pa.array(idx), "id": t.column("id").cast(pa.string()).combine_chunks(),
-            "length": pc.fill_null(pc.utf8_length(text), 0).cast(pa.int64()).combine_chunks()}
-    if config.representative == "best_quality":
-        meta["score"] = pc.fill_null(t.column(config.score_column).cast(pa.float64()), float("-inf")).combine_chunks()
-    return {"idx": idx, "off": off, "flat": flat.astype(np.uint64)}, pa.table(meta)
+    return {"idx": idx, "off": off, "flat": flat.astype(np.uint64)}, meta.take(pa.array(local)).combine_chunks()
 
 
-def _gather(starts: np.ndarray, lens: np.ndarray) -> np.ndarray:
-    """Concatenated ranges ``[starts[k], starts[k] + lens[k])``."""
-    total = int(lens.sum())
-    out_start = np.cumsum(lens) - lens
-    return np.arange(total, dtype=np.int64) - np.repeat(out_start - starts, lens)
-
-
-def _pair_jaccard(pi: np.ndarray, pj: np.ndarray, sets: list[dict[str, np.ndarray]], *, chunk: int = 20_000) -> np.ndarray:
-    """Exact Jaccard of the shingle sets of documents ``pi[k]`` and ``pj[k]`` (float64, the local
-    ``inter / (|x| + |y| - inter)``); ``sets`` must hold both documents of every pair."""
+def _pair_jaccard(pi: np.ndarray, pj: np.ndarray, sets: list[dict[str, np.ndarray]], *,
+                  threshold: float | None = None) -> np.ndarray:
+    """Exact Jaccard of the shingle sets of documents ``pi[k]`` and ``pj[k]`` (the local stage's
+    ``sorted_jaccard``, so the same float64); ``sets`` must hold both documents of every pair.
+    With ``threshold``, pairs whose set sizes cannot reach it are not intersected and get 0.0."""
     idx = np.concatenate([s["idx"] for s in sets])
     order = np.argsort(idx, kind="stable")
     idx = idx[order]
-    flat_parts, starts_parts, base = [], [], 0
+    flats, starts_parts, base = [], [], 0
     for s in sets:
-        flat_parts.append(s["flat"])
+        flats.append(s["flat"])
         starts_parts.append(s["off"][:-1] + base)
         base += len(s["flat"])
-    flat = np.concatenate(flat_parts) if flat_parts else np.zeros(0, np.uint64)
-    starts_all = np.concatenate(starts_parts)[order]
-    lens_all = np.concatenate([np.diff(s["off"]) for s in sets])[order]
-    out = np.empty(len(pi), dtype=np.float64)
-    for lo in range(0, len(pi), chunk):
-        a = np.searchsorted(idx, pi[lo:lo + chunk])
-        b = np.searchsorted(idx, pj[lo:lo + chunk])
-        la, lb = lens_all[a], lens_all[b]
-        m = len(a)
-        tag = np.concatenate([np.repeat(np.arange(m), la), np.repeat(np.arange(m), lb)])
-        val = np.concatenate([flat[_gather(starts_all[a], la)], flat[_gather(starts_all[b], lb)]])
-        o = np.lexsort((val, tag))
-        tag, val = tag[o], val[o]
-        dup = (tag[1:] == tag[:-1]) & (val[1:] == val[:-1])
-        inter = np.bincount(tag[1:][dup], minlength=m)
-        union = la + lb - inter
-        with np.errstate(invalid="ignore", divide="ignore"):
-            jac = inter.astype(np.float64) / union.astype(np.float64)
-        jac[union == 0] = 1.0
-        out[lo:lo + m] = jac
+    flat = np.concatenate(flats) if flats else np.zeros(0, np.uint64)
+    starts = np.concatenate(starts_parts)[order]
+    lens = np.concatenate([np.diff(s["off"]) for s in sets])[order]
+    a, b = np.searchsorted(idx, pi), np.searchsorted(idx, pj)
+    out = np.zeros(len(pi), dtype=np.float64)
+    todo = np.arange(len(pi)) if threshold is None else np.nonzero(may_reach(lens[a], lens[b], threshold))[0]
+    sa, la, sb, lb = starts[a].tolist(), lens[a].tolist(), starts[b].tolist(), lens[b].tolist()
+    for k in todo.tolist():
+        out[k] = sorted_jaccard(flat[sa[k]:sa[k] + la[k]], flat[sb[k]:sb[k] + lb[k]])
     return out
 
 
@@ -218,12 +239,12 @@ def _verify_reduce(threshold: float, n_blocks: int, *args: Any) -> tuple[pa.Tabl
     if df.height == 0:
         return pa.table({"i": pa.array([], pa.int64()), "j": pa.array([], pa.int64())}), 0
     pi, pj = df["i"].to_numpy(), df["j"].to_numpy()
-    ok = _pair_jaccard(pi, pj, sets) >= threshold
+    ok = _pair_jaccard(pi, pj, sets, threshold=threshold) >= threshold
     return pa.table({"i": pi[ok], "j": pj[ok]}), int(ok.sum())
 
 
-def _jaccard_task(pi: np.ndarray, pj: np.ndarray, shard_ids: np.ndarray, *sets: dict) -> np.ndarray:
-    return _pair_jaccard(pi, pj, [s for s in sets if s is not None])
+def _jaccard_task(pi: np.ndarray, pj: np.ndarray, threshold: float | None, *sets: dict) -> np.ndarray:
+    return _pair_jaccard(pi, pj, [s for s in sets if s is not None], threshold=threshold)
 
 
 # --- 4. components ------------------------------------------------------------------------------
@@ -278,15 +299,6 @@ def _small_star(t: pa.Table) -> pa.Table:
     return pl.concat(parts).to_arrow()
 
 
-def _warm() -> int:
-    """Import what the Ray tasks need (run in advance in the workers that will run them)."""
-    import polars  # noqa: F401
-
-    from curation import near_dedup_ray  # noqa: F401
-
-    return os.getpid()
-
-
 def _part_of(keys: np.ndarray, parts: int) -> np.ndarray:
     """Hash partition of uint64 keys (a splitmix64 step, modulo ``parts``)."""
     with np.errstate(over="ignore"):
@@ -320,16 +332,15 @@ def _ss_reduce(*tables: pa.Table) -> pa.Table:
     return _small_star(pa.concat_tables(tables))
 
 
-def _large_star_components(edges_ds: Any, *, partitions: int, max_rounds: int = 200) -> tuple[np.ndarray, np.ndarray, int]:
+def _large_star_components(edges: list[Any], *, partitions: int, max_rounds: int = 200) -> tuple[np.ndarray, np.ndarray, int]:
     """Distributed connected components: alternate large-star and small-star until the edges
     form stars centred on each component's minimum. Returns (nodes, labels, rounds).
 
     Each round is a hash shuffle on ``u`` -> large-star (which also counts the nodes where the
     round's *input* is not yet a star forest) -> a hash shuffle on the larger end -> small-star,
-    as plain Ray tasks over object-store blocks (``partitions`` per step): a Ray Data execution
-    per step costs seconds of scheduling on a small cluster, these waves cost milliseconds. The
-    edge list never reaches the driver until the result (one label per member node). A round
-    whose count is 0 had a converged input: that input is the result.
+    as waves of Ray tasks over object-store blocks (``partitions`` per step; ``edges``: object
+    refs of ``i, j`` tables). The edge list never reaches the driver until the result (one label
+    per member node). A round whose count is 0 had a converged input: that input is the result.
     """
     import ray
 
@@ -337,7 +348,7 @@ def _large_star_components(edges_ds: Any, *, partitions: int, max_rounds: int = 
     map_task = ray.remote(num_cpus=1, num_returns=parts)(_ls_map)
     reduce_task = ray.remote(num_cpus=1, num_returns=parts + 1)(_ls_reduce)
     small_task = ray.remote(num_cpus=1)(_ss_reduce)
-    edges = list(edges_ds.to_arrow_refs()) if hasattr(edges_ds, "to_arrow_refs") else list(edges_ds)
+    edges = list(edges)
     for rounds in range(1, max_rounds + 1):
         mapped = [map_task.remote(r, parts) for r in edges]
         reduced = [reduce_task.remote(parts, *[m[k] for m in mapped]) for k in range(parts)]
@@ -359,12 +370,6 @@ def _large_star_components(edges_ds: Any, *, partitions: int, max_rounds: int = 
 
 
 # --- helpers ------------------------------------------------------------------------------------
-def _arrow_blocks(ds: Any) -> list[pa.Table]:
-    import ray
-
-    return [t for t in ray.get(ds.to_arrow_refs())]
-
-
 def _shard_rows(shards: Sequence[Path]) -> np.ndarray:
     import pyarrow.parquet as pq
 
@@ -389,30 +394,28 @@ def cluster_on_ray(
     method: str = "auto",
     edge_limit: int = DRIVER_EDGE_LIMIT,
     partitions: int | None = None,
+    spill_dir: Path | None = None,
 ) -> tuple[pa.Table, dict[str, Any], dict[str, float]]:
     """Cluster the documents of ``shards`` (in order) on the current Ray session.
 
     Returns the table of cluster members only (``id, cluster_id, is_representative, jaccard`` in
     input order, as ``near_dedup_clusters.parquet``), stats and a timing breakdown (seconds).
+    The signature tasks spill raw shingle hashes under ``spill_dir`` (removed at the end): on a
+    cluster it must be storage every node sees (the executor passes the step's work folder in the
+    shared workspace); the default, a local temporary folder, suits a single-node Ray only.
     """
-    import ray
-
-    ctx = ray.data.DataContext.get_current()
-    saved = (ctx.op_resource_reservation_enabled, ctx.enable_progress_bars)
-    # Ray Data reserves half of the CPUs for the downstream shuffle operators by default: on a
-    # small cluster the signature map then runs on one CPU while the shuffle waits. Our pipelines
-    # are short and materialised, so let every operator use the whole cluster.
-    ctx.op_resource_reservation_enabled = False
-    ctx.enable_progress_bars = False
+    if spill_dir is not None:
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
+    spill = Path(tempfile.mkdtemp(prefix="near_dedup_ray-", dir=spill_dir))
     try:
         return _cluster(shards, config=config, workers=workers, method=method, edge_limit=edge_limit,
-                        partitions=partitions)
+                        partitions=partitions, spill=spill)
     finally:
-        ctx.op_resource_reservation_enabled, ctx.enable_progress_bars = saved
+        shutil.rmtree(spill, ignore_errors=True)
 
 
 def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, method: str, edge_limit: int,
-             partitions: int | None) -> tuple[pa.Table, dict[str, Any], dict[str, float]]:
+             partitions: int | None, spill: Path) -> tuple[pa.Table, dict[str, Any], dict[str, float]]:
     import ray
 
     method = resolve_method(method)
@@ -427,39 +430,36 @@ def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, m
     offsets = np.zeros(len(shards) + 1, dtype=np.int64)
     np.cumsum(counts, out=offsets[1:])
     n = int(offsets[-1])
-    common = dict(batch_format="pyarrow", batch_size=None)
 
-    # Ray Data runs its tasks in its own worker processes; the Ray tasks below would otherwise
-    # start (and import into) fresh workers after it, seconds each on a small machine. Start
-    # them now, alongside the Ray Data map (zero-CPU tasks; kept alive when the cluster's
-    # num_workers_soft_limit allows, see docs/ray.md).
-    warm = [ray.remote(num_cpus=0)(_warm).remote() for _ in range(workers)]
-    # 1+2. signatures (map_batches, one block per shard: a packed block would run on one CPU),
-    # hash repartition on (band, bucket), candidate pairs with polars per block: one execution
+    # 1+2. signatures (one Ray task per shard, its rows hash-split on (band, bucket)), then the
+    # reduce side of that shuffle: candidate pairs with polars, one task per hash part
     stats: dict[str, Any] = {"docs": n, "bands": bands, "rows": rows}
-    items = [{"path": str(p), "base": int(offsets[k])} for k, p in enumerate(shards) if counts[k]]
-    if not items:
+    live = [k for k in range(len(shards)) if counts[k]]
+    if not live:
         return _empty(), {**stats, "components": method, "verified_pairs": 0}, timing
-    pairs = (ray.data.from_items(items, override_num_blocks=len(items))
-             .map_batches(_signature_block, batch_size=1, batch_format="numpy", num_cpus=1, concurrency=workers,
-                          fn_kwargs=dict(config=config, a=a, b=b, bands=bands, rows=rows))
-             .repartition(parts, keys=["band", "bucket"])
-             .map_batches(_bucket_pairs, fn_kwargs=dict(offsets=offsets), **common)
-             .materialize())
-    timing["signatures_and_band_shuffle"] = time.perf_counter() - t0
-    spans = _op_spans(pairs)
-    timing.update({"ops.map_signatures": _span(spans, "_signature_block"), "ops.shuffle_bands": _span(spans, "HashShuffle")})
+    sig_task = ray.remote(num_cpus=1, num_returns=parts + 1)(_signature_parts)
+    spills = {k: str(spill / f"{k:05d}") for k in live}
+    mapped = [sig_task.remote(str(shards[k]), int(offsets[k]), config=config, a=a, b=b, bands=bands, rows=rows,
+                              parts=parts, spill=spills[k]) for k in live]
+    all_meta = {k: m[parts] for k, m in zip(live, mapped)}
+    ray.wait([r for m in mapped for r in m], num_returns=(parts + 1) * len(mapped), fetch_local=False)
+    timing["signatures"] = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    reduce_task = ray.remote(num_cpus=1, num_returns=2)(_pairs_reduce)
+    reduced = [reduce_task.remote(offsets, *[m[k] for m in mapped]) for k in range(parts)]
+    pair_refs = [r[0] for r in reduced]
+    n_cand_rows = sum(ray.get([r[1] for r in reduced]))
+    del mapped
+    timing["band_shuffle"] = time.perf_counter() - t1
 
     # 3. candidates -> shingle sets of candidate documents (one Ray task per shard) -> verify
     # 4. connected components of the verified pairs
-    ray.get(warm)
     t1 = time.perf_counter()
-    n_cand_rows = pairs.count()
     chosen = method if method != "auto" else ("driver" if n_cand_rows <= edge_limit else "large_star")
     stats["components"] = chosen
     if chosen == "driver":
         # the candidate list fits: dedupe it on the driver, verify with Ray tasks per shard pair
-        tables = [t for t in _arrow_blocks(pairs) if t.num_rows]
+        tables = [t for t in ray.get(pair_refs) if t.num_rows]
         pi = np.concatenate([t["i"].to_numpy() for t in tables] + [np.zeros(0, np.int64)])
         pj = np.concatenate([t["j"].to_numpy() for t in tables] + [np.zeros(0, np.int64)])
         keys = np.unique(pi.astype(np.uint64) * np.uint64(max(n, 1)) + pj.astype(np.uint64))
@@ -470,7 +470,7 @@ def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, m
         # nothing pair-sized on the driver: hash-split the pairs on (shard_i, shard_j) with Ray
         # tasks (which also report each part's shards and the candidate documents)
         split_task = ray.remote(num_cpus=1, num_returns=2 * parts + 1)(_pairs_split)
-        splits = [split_task.remote(r, parts) for r in pairs.to_arrow_refs()]
+        splits = [split_task.remote(r, parts) for r in pair_refs]
         cand = np.unique(np.concatenate(ray.get([sp[2 * parts] for sp in splits]) + [np.zeros(0, np.int64)]))
     stats["candidate_docs"] = int(len(cand))
     timing["candidates"] = time.perf_counter() - t1
@@ -478,10 +478,10 @@ def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, m
     set_task = ray.remote(num_cpus=1, num_returns=2)(_shard_sets)
     set_refs: list[Any] = []
     meta_refs: list[Any] = []
-    for k, p in enumerate(shards):
+    for k in range(len(shards)):
         lo, hi = np.searchsorted(cand, [offsets[k], offsets[k + 1]])
         if hi > lo:
-            s_ref, m_ref = set_task.remote(str(p), int(offsets[k]), cand[lo:hi] - offsets[k], config)
+            s_ref, m_ref = set_task.remote(spills[k], int(offsets[k]), cand[lo:hi] - offsets[k], all_meta[k])
         else:
             s_ref = m_ref = ray.put(None)
         set_refs.append(s_ref)
@@ -490,7 +490,8 @@ def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, m
     timing["shingle_sets"] = time.perf_counter() - t2
     t3 = time.perf_counter()
     if chosen == "driver":
-        ok = _jaccard_tasks(pi, pj, offsets=offsets, set_refs=set_refs, workers=workers) >= config.threshold
+        ok = _jaccard_tasks(pi, pj, offsets=offsets, set_refs=set_refs, workers=workers,
+                            threshold=config.threshold) >= config.threshold
         vi, vj = pi[ok], pj[ok]
         n_edges = len(vi)
         timing["verify"] = time.perf_counter() - t3
@@ -528,31 +529,6 @@ def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, m
     timing["representatives"] = time.perf_counter() - t5
     timing["total"] = time.perf_counter() - t0
     return table, stats, timing
-
-
-def _op_spans(ds: Any) -> dict[str, tuple[float, float]]:
-    """Operator name -> (first start, last end) of a materialised dataset (Ray Data stats; the
-    report's map / shuffle split). Diagnostics only: {} when the stats API differs."""
-    try:
-        summary = ds._get_stats_summary()
-        out: dict[str, tuple[float, float]] = {}
-
-        def walk(node: Any) -> None:
-            for parent in node.parents:
-                walk(parent)
-            for op in node.operators_stats:
-                if op.earliest_start_time and op.latest_end_time:
-                    out[op.operator_name] = (op.earliest_start_time, op.latest_end_time)
-
-        walk(summary)
-        return out
-    except Exception:  # noqa: BLE001 - timings are best effort
-        return {}
-
-
-def _span(spans: dict[str, tuple[float, float]], part: str) -> float:
-    hits = [v for k, v in spans.items() if part in k]
-    return round(max(e for _, e in hits) - min(s for s, _ in hits), 3) if hits else 0.0
 
 
 def _empty() -> pa.Table:
@@ -601,7 +577,8 @@ def _members_table(nodes: np.ndarray, labels: np.ndarray, *, meta_refs: list[Any
                      "jaccard": pa.array(jac, pa.float64())}).combine_chunks()
 
 
-def _jaccard_tasks(pi: np.ndarray, pj: np.ndarray, *, offsets: np.ndarray, set_refs: list[Any], workers: int) -> np.ndarray:
+def _jaccard_tasks(pi: np.ndarray, pj: np.ndarray, *, offsets: np.ndarray, set_refs: list[Any], workers: int,
+                   threshold: float | None = None) -> np.ndarray:
     """Exact Jaccard of pairs held by the driver: Ray tasks over the shard set tables, pairs sorted
     by shard pair so that each task receives (as resolved arguments) only the sets it needs."""
     import ray
@@ -615,7 +592,7 @@ def _jaccard_tasks(pi: np.ndarray, pj: np.ndarray, *, offsets: np.ndarray, set_r
         if not len(part):
             continue
         shard_ids = np.unique(np.concatenate([si[part], sj[part]]))
-        refs.append(task.remote(pi[part], pj[part], shard_ids, *[set_refs[int(k)] for k in shard_ids]))
+        refs.append(task.remote(pi[part], pj[part], threshold, *[set_refs[int(k)] for k in shard_ids]))
         spans.append(part)
     out = np.empty(len(pi), dtype=np.float64)
     for part, res in zip(spans, ray.get(refs)):
@@ -626,8 +603,10 @@ def _jaccard_tasks(pi: np.ndarray, pj: np.ndarray, *, offsets: np.ndarray, set_r
 def prepare_on_ray(stage: Any, shards: Sequence[Path], ctx: Any, *, workers: int, method: str = "auto",
                    edge_limit: int = DRIVER_EDGE_LIMIT) -> tuple[dict[str, Any], dict[str, float]]:
     """``NearDedupStage.prepare`` on Ray: writes the same ``near_dedup_clusters.parquet``."""
+    for stale in Path(ctx.work_dir).glob("near_dedup_ray-*"):  # the spill of a run that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     table, stats, timing = cluster_on_ray(shards, config=stage.config, workers=workers, method=method,
-                                          edge_limit=edge_limit)
+                                          edge_limit=edge_limit, spill_dir=Path(ctx.work_dir))
     t0 = time.perf_counter()
     ctx.work_dir.mkdir(parents=True, exist_ok=True)
     write_parquet(table, Path(ctx.work_dir) / CLUSTERS_FILE)

@@ -1,17 +1,18 @@
 """Run a planned recipe on a Ray cluster with the same files, fingerprints and decisions as local.
 
-The unit of work is the runner's shard, exactly as in the local executor: a Ray Data dataset
-holds one row per pending shard (its index and pickled spec/path), one block per shard so the
-shards spread over the cluster, and ``map_batches`` runs :func:`slmforge.runner._run_shard` on
-each, ``workers`` at a time: stages that override ``load()`` (PII analyzer, teacher clients) in an actor pool where every actor builds
-the heavy state once and keeps it for all the shards it gets, the others as tasks on Ray's pooled
-worker processes (no actor start per step). Because each shard is written by the
-same function with the same deterministic options, the Parquet files are byte-identical to a
-local run, and markers make a Ray run resumable by a local run and vice versa.
+The unit of work is the runner's shard, exactly as in the local executor: one Ray task per
+pending shard (1 CPU, at most ``workers`` in flight) runs :func:`slmforge.runner._run_shard`;
+stages that override ``load()`` (PII analyzer, teacher clients) run in a pool of ``workers``
+actors instead, each building the heavy state once and taking the next shard when it is free.
+Tasks run on Ray's pooled worker processes (no process start per step). Because each shard is
+written by the same function with the same deterministic options, the Parquet files are
+byte-identical to a local run, and markers make a Ray run resumable by a local run and vice versa.
+(Plain tasks rather than Ray Data: the data never flows through a dataset, shards are files on
+shared storage, and Ray Data's fixed cost per execution dominated on small clusters; docs/ray.md.)
 
 Global stages compute their cross-shard state (``prepare``) in one Ray task, then map shards —
 except ``near_dedup``, whose ``prepare`` runs Ray-native (:mod:`curation.near_dedup_ray`:
-signatures with ``map_batches``, band grouping by hash repartition, distributed verification,
+signatures and band grouping as a hash shuffle of Ray tasks, distributed verification,
 connected components on the driver or with a large-star/small-star loop) and writes the same
 cluster file;
 artifact stages (training, export) run in one Ray task that asks for one CPU. The workspace must be on storage every
@@ -38,44 +39,36 @@ WORKER_ENV = {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PAR
 COMPONENTS_ENV = "SLMFORGE_RAY_NEAR_DEDUP_COMPONENTS"
 
 
+def _run_one(stage: Any, key: str, kind: str, i: int, item_blob: bytes, ctx: Any) -> dict:
+    from dataclasses import replace
+
+    from slmforge.runner import _run_shard
+
+    return _run_shard(stage, key, kind, i, pickle.loads(item_blob), replace(ctx))
+
+
 class _ShardActor:
-    """Ray Data actor: one loaded copy of the stage per actor, many shards through it."""
+    """Ray actor for stages with heavy state: one loaded copy of the stage per actor, many shards
+    through it (the PII analyzer or a teacher client is built once per actor)."""
 
     def __init__(self, stage_blob: bytes, key: str, kind: str, ctx_blob: bytes) -> None:
         from slmforge.runner import _loaded
 
         self.stage = pickle.loads(stage_blob)
-        self.key = key
-        self.kind = kind
-        self.ctx = pickle.loads(ctx_blob)
+        self.key, self.kind, self.ctx = key, kind, pickle.loads(ctx_blob)
         _loaded(self.stage, key)  # stage.load() once per actor
 
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list]:
-        from dataclasses import replace
-
-        from slmforge.runner import _run_shard
-
-        out: dict[str, list] = {"info": []}
-        for i, blob in zip(batch["i"], batch["item"]):
-            item = pickle.loads(blob)
-            ctx = replace(self.ctx)
-            info = _run_shard(self.stage, self.key, self.kind, int(i), item, ctx)
-            out["info"].append(json.dumps(info, sort_keys=True))
-        return out
+    def run(self, i: int, item_blob: bytes) -> dict:
+        return _run_one(self.stage, self.key, self.kind, i, item_blob, self.ctx)
 
 
-def _shard_task(batch: dict[str, Any], stage_blob: bytes, key: str, kind: str, ctx_blob: bytes) -> dict[str, list]:
-    """Ray Data task for stages without heavy state: pooled worker processes are reused, and
-    ``_loaded`` still keeps one loaded copy per process."""
+def _shard_task(stage_blob: bytes, key: str, kind: str, ctx_blob: bytes, i: int, item_blob: bytes) -> dict:
+    """Ray task for stages without heavy state: pooled worker processes are reused, and
+    ``_loaded`` keeps one loaded copy per process."""
     from slmforge.runner import _LOADED
 
     stage = _LOADED.get(key) or pickle.loads(stage_blob)
-    return _ShardActor.__call__(_Bound(stage, key, kind, pickle.loads(ctx_blob)), batch)
-
-
-class _Bound:
-    def __init__(self, stage: Any, key: str, kind: str, ctx: Any) -> None:
-        self.stage, self.key, self.kind, self.ctx = stage, key, kind, ctx
+    return _run_one(stage, key, kind, i, item_blob, pickle.loads(ctx_blob))
 
 
 def _heavy(stage: Any) -> bool:
@@ -103,7 +96,7 @@ def _artifact_task(step_blob: bytes, ctx_blob: bytes) -> dict:
 class RayExecutor:
     """Execute planned steps on Ray (``address=None`` starts a local Ray on this machine).
 
-    ``workers`` is the number of shard actors per map (the actor pool size). When Ray is already
+    ``workers`` is the number of shards in flight per map (tasks, or the actor pool size). When Ray is already
     initialised in this process (tests, notebooks), that session is used as is.
 
     ``near_dedup_components`` chooses how the Ray-native near-dup computes connected components of
@@ -139,21 +132,28 @@ class RayExecutor:
     # --- cluster --------------------------------------------------------------------------
     def _init(self) -> Any:
         require("ray", extra="ray", purpose="running recipes on Ray (executor: ray)")
+        import os
+
         import ray
 
         if ray.is_initialized():
             return ray
-        runtime_env = {"env_vars": dict(WORKER_ENV)}
-        kw: dict[str, Any] = {"runtime_env": runtime_env, "log_to_driver": False}
+        kw: dict[str, Any] = {"log_to_driver": False}
+        saved_env: dict[str, str | None] = {}
         if self.address is None:
-            # keep idle worker processes (Ray Data's and plain tasks') instead of restarting them
-            # between pipelines: each restart re-imports pyarrow/polars, seconds on small nodes
+            # a local Ray's worker processes inherit this process's environment: set the worker
+            # variables for the start instead of a runtime_env, whose workers would not be the
+            # ones Ray prestarts (a fresh process + imports per worker, seconds on small nodes)
+            saved_env = {k: os.environ.get(k) for k in WORKER_ENV}
+            os.environ.update(WORKER_ENV)
+            # worker_niceness 0: Ray starts workers at nice 15, so any other busy process on the
+            # machine (or the local executor's own workers) would take the CPU from them
             kw.update(num_cpus=self.workers, include_dashboard=False,
-                      _system_config={"num_workers_soft_limit": 4 * self.workers + 4})
+                      _system_config={"num_workers_soft_limit": 4 * self.workers + 4, "worker_niceness": 0})
             if self.object_store_memory is not None:
                 kw["object_store_memory"] = self.object_store_memory
         else:
-            kw["address"] = self.address
+            kw.update(address=self.address, runtime_env={"env_vars": dict(WORKER_ENV)})
         started = time.perf_counter()
         try:
             ray.init(**kw)
@@ -164,11 +164,14 @@ class RayExecutor:
                 fix="start the cluster first (ray start --head / ray up / KubeRay), set RAY_AUTH_TOKEN if the "
                     "cluster uses token auth, and bind the head to a reachable address, not 127.0.0.1",
             ) from exc
+        finally:
+            for k, v in saved_env.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         self._started_ray = True
         self.timings["_startup"] = {"seconds": round(time.perf_counter() - started, 3)}
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False
-        ctx.execution_options.preserve_order = False
         return ray
 
     def shutdown(self) -> None:
@@ -190,7 +193,7 @@ class RayExecutor:
             self.shutdown()
 
     def execute(self, ray: Any, step: Any, by_name: Mapping[str, Any], *, reporter: Any) -> dict:
-        """Same contract as :func:`slmforge.runner.execute`, shards mapped by Ray Data."""
+        """Same contract as :func:`slmforge.runner.execute`, shards mapped by Ray tasks/actors."""
         from schemas.stage import StageContext, no_progress
         from slmforge.runner import SUCCESS, _finalize_tables, _num_rows, input_shards
 
@@ -272,27 +275,16 @@ class RayExecutor:
         from slmforge.runner import _shard_paths
 
         infos: dict[int, dict] = {}
-        pending: list[dict[str, Any]] = []
+        pending: list[tuple[int, bytes]] = []
         for i, item in enumerate(items):
             marker = _shard_paths(step.dir, i)["marker"]
             if marker.exists():  # resume: same markers as the local executor
                 infos[i] = json.loads(marker.read_text())
                 reporter.advance(step, infos[i]["rows_in"])
             else:
-                pending.append({"i": i, "item": pickle.dumps(item)})
+                pending.append((i, pickle.dumps(item)))
         if pending:
-            # one block per shard: otherwise Ray packs small inputs into one block and one CPU
-            ds = ray.data.from_items(pending, override_num_blocks=len(pending))
-            args = (pickle.dumps(step.stage), key, step.kind, pickle.dumps(ctx))
-            size = max(1, min(self.workers, len(pending)))
-            common = dict(batch_size=1, num_cpus=1, batch_format="numpy")
-            if _heavy(step.stage):
-                ds = ds.map_batches(_ShardActor, fn_constructor_args=args,
-                                    compute=ray.data.ActorPoolStrategy(size=size), **common)
-            else:
-                ds = ds.map_batches(_shard_task, fn_args=args, compute=ray.data.TaskPoolStrategy(size=size), **common)
-            for row in ds.iter_rows():
-                info = json.loads(row["info"])
+            for info in self._submit(ray, step, key, pending, ctx):
                 infos[info["shard"]] = info
                 reporter.advance(step, info["rows_in"])
         missing = [i for i in range(len(items)) if i not in infos]
@@ -300,6 +292,40 @@ class RayExecutor:
             raise StageError(f"step '{step.name}': Ray returned no result for shards {missing[:10]}",
                              fix="re-run: finished shards are kept and only these are redone")
         return [infos[i] for i in sorted(infos)]
+
+    def _submit(self, ray: Any, step: Any, key: str, pending: list[tuple[int, bytes]], ctx: Any) -> Any:
+        """Run the pending shards, at most ``workers`` at a time, yielding each shard's info as it
+        finishes (any order): plain tasks, or an actor pool when the stage has heavy state."""
+        stage_ref = ray.put(pickle.dumps(step.stage))
+        ctx_ref = ray.put(pickle.dumps(ctx))
+        size = max(1, min(self.workers, len(pending)))
+        queue = list(reversed(pending))
+        running: dict[Any, Any] = {}  # object ref -> actor (None for tasks)
+        if _heavy(step.stage):
+            actor_cls = ray.remote(num_cpus=1)(_ShardActor)
+            actors = [actor_cls.remote(stage_ref, key, step.kind, ctx_ref) for _ in range(size)]
+            free = list(actors)
+
+            def launch(actor: Any) -> None:
+                i, blob = queue.pop()
+                running[actor.run.remote(i, blob)] = actor
+        else:
+            task = ray.remote(num_cpus=1)(_shard_task)
+            actors, free = [], [None] * size
+
+            def launch(actor: Any) -> None:
+                i, blob = queue.pop()
+                running[task.remote(stage_ref, key, step.kind, ctx_ref, i, blob)] = actor
+        try:
+            while queue or running:
+                while queue and free:
+                    launch(free.pop())
+                done, _ = ray.wait(list(running), num_returns=1)
+                free.append(running.pop(done[0]))
+                yield ray.get(done[0])
+        finally:
+            for actor in actors:
+                ray.kill(actor)
 
 
 def _is_near_dedup(stage: Any) -> bool:

@@ -7,11 +7,15 @@ The input is split into ``--shards`` Parquet files (not timed) so ingest makes t
 Recipe: ingest -> normalize -> exact_dedup -> near_dedup. Each configuration runs in a fresh
 workspace. For Ray, "startup" is ray.init, "prepare" the global stage's cross-shard pass (one
 Ray task for exact_dedup; for near_dedup the Ray-native computation of curation/near_dedup_ray.py,
-broken down as ``prepare.*``), "map" the shard map (actor pool, includes actor start and
-stage.load()), "finalize" merging decisions on the driver.
+broken down as ``prepare.*``), "map" the shard map (Ray tasks, or an actor pool for stages with
+``load()``), "finalize" merging decisions on the driver.
 
 A Ray config may name the near-dup components method: ``ray:2:driver``, ``ray:2:large_star``,
 ``ray:2:auto`` (default) or ``ray:2:task`` (the local near-dup code in one Ray task, as before).
+``ray:W`` starts a local Ray for the run (``ray.init`` is timed, as ``slmforge run --executor ray``
+does); ``cluster:W[:method]`` joins a single-node cluster of W CPUs that the script starts before
+the run and stops after it, untimed (``ray start --head``; as ``--executor ray --address auto`` on
+a running cluster).
 Near-dup only on the 50k tier, as reported in README.md:
 
     .venv/bin/python bench/scale/run.py --stages near_dedup --configs local:1,ray:2:driver,ray:2:large_star \
@@ -72,14 +76,31 @@ def run_local(data: Path, ws: Path, workers: int) -> dict:
     return {"total": round(time.perf_counter() - t0, 2), "steps": {s["step"]: s["seconds"] for s in stats}}
 
 
-def run_ray(data: Path, ws: Path, workers: int, method: str | None = None) -> dict:
+def start_cluster(workers: int) -> None:
+    """A single-node Ray cluster as an operator would start it (worker settings of docs/ray.md)."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "RAY_worker_niceness": "0", "RAY_num_workers_soft_limit": str(4 * workers + 4)}
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "start", "--head", f"--num-cpus={workers}",
+                    "--include-dashboard=false", "--object-store-memory", str(500 * 1024 * 1024), "--disable-usage-stats"],
+                   check=True, env=env, capture_output=True)
+
+
+def stop_cluster() -> None:
+    import subprocess
+
+    subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], check=True, capture_output=True)
+
+
+def run_ray(data: Path, ws: Path, workers: int, method: str | None = None, *, address: str | None = None) -> dict:
     import ray
 
     from slmforge.ray_executor import RayExecutor
     from slmforge.runner import plan
 
     t0 = time.perf_counter()
-    ex = RayExecutor(address=None, workers=workers, object_store_memory=500 * 1024 * 1024,
+    ex = RayExecutor(address=address, workers=workers, object_store_memory=500 * 1024 * 1024,
                      near_dedup_components=method)
     steps = plan(recipe(data, ws, executor="ray", workers=workers))
     by_name = {s.name: s for s in steps}
@@ -110,6 +131,12 @@ def main() -> None:
             ws = tmp / f"ws-{cfg.replace(':', '-')}"
             if ex == "local":
                 res = run_local(tmp / "data", ws, int(w))
+            elif ex == "cluster":
+                start_cluster(int(w))
+                try:
+                    res = run_ray(tmp / "data", ws, int(w), method[0] if method else None, address="auto")
+                finally:
+                    stop_cluster()
             else:
                 res = run_ray(tmp / "data", ws, int(w), method[0] if method else None)
             results["runs"][cfg] = res
