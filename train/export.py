@@ -1,7 +1,8 @@
 """Merge the LoRA adapter, export GGUF files, and verify every file before the stage succeeds.
 
-Top to bottom: merge (and check the merged model equals the adapter-applied one) -> write each
-GGUF -> parity gate (the GGUF's tokenizer + template, as transformers rebuilds them, must render
+Top to bottom: merge (and check the merged model equals the adapter-applied one) -> calibrate the
+Q4_0 rounding on train-split activations (``train.q4_calibrate``, when a Q4_0 file is written) ->
+write each GGUF -> parity gate (the GGUF's tokenizer + template, as transformers rebuilds them, must render
 held-out conversations to the same tokens as the training tokenizer) -> verify (reload the GGUF
 with ``from_pretrained(dir, gguf_file=...)`` and compare next-token top-1 and logits with the
 merged model on held-out prompts) -> Ollama Modelfile -> model card. Any failed check fails the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +137,18 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def q4_0_method(calibration: dict[str, Any] | None) -> str:
+    """One model-card line: how the Q4_0 file's weights were rounded."""
+    if calibration is None:
+        return ("Q4_0 weights: rounded to the nearest value of each block's scale (scale chosen by an error search; "
+                "`q4_calibration: none`).")
+    return (f"Q4_0 weights: GPTQ with full-precision targets on {calibration['sequences']} train-split conversations "
+            f"({calibration['tokens']} tokens, damping {calibration['damp']}, {calibration['seconds']:.1f} s); "
+            "`token_embd`/`output` in Q8_0.")
+
+
 def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, eval_md: str | None,
-               has_loss_plot: bool, modelfile: str) -> str:
+               has_loss_plot: bool, modelfile: str, q4_note: str | None = None) -> str:
     lines = [f"# {name}", "", f"LoRA fine-tune of `{base}`, merged and exported to GGUF by slmforge.", ""]
     if eval_md:
         lines += [eval_md, ""]
@@ -145,6 +157,7 @@ def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, ev
     lines += [
         "## Export verification", "",
         f"Merged model vs adapter-applied model: max |logit difference| {merge_diff:.2e}.", "",
+        *([q4_note, ""] if q4_note else []),
         "Each GGUF is reloaded with transformers (`from_pretrained(dir, gguf_file=...)`) and compared with the merged "
         "model on held-out conversations. *prompt end*: the next-token prediction right after each held-out prompt. "
         "*answer positions*: every prediction made while answering, the answer teacher-forced (many more positions, "
@@ -179,7 +192,7 @@ def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, ev
 
 class ExportStage(Stage[ExportConfig]):
     kind = "artifact"
-    version = "1"
+    version = "2"  # 2: Q4_0 rounded by GPTQ calibration by default
     #: checked at plan time when the dataset step is listed first in inputs
     requires = EXAMPLE_COLUMNS
 
@@ -207,11 +220,26 @@ class ExportStage(Stage[ExportConfig]):
         reference = all_logits(merged, prompts)
         ctx.progress(1)
 
-        # 2-4. write, parity-check and verify every GGUF
+        # 2. Q4_0 calibration on train-split activations (the model is left unchanged)
+        q4_0_weights, calibration = None, None
+        if "Q4_0" in cfg.quantizations and cfg.q4_calibration == "gptq":
+            from train.q4_calibrate import calibrate_q4_0, calibration_sequences
+
+            sequences = calibration_sequences(tokenizer, inputs.examples, rows=cfg.calibration_rows,
+                                              max_length=cfg.calibration_max_length)
+            q4_0_weights, calibration = calibrate_q4_0(merged, sequences, damp=cfg.calibration_damp,
+                                                       progress=ctx.progress)
+
+        # 3-5. write, parity-check and verify every GGUF
         files, failures = [], []
         for quant in cfg.quantizations:
             path = out / f"{cfg.model_name}-{quant}.gguf"
-            info = write_gguf(merged, tokenizer, path, quant=quant, name=cfg.model_name)
+            started = time.perf_counter()
+            info = write_gguf(merged, tokenizer, path, quant=quant, name=cfg.model_name,
+                              q4_0_weights=q4_0_weights if quant == "Q4_0" else None)
+            info["write_seconds"] = round(time.perf_counter() - started, 3)
+            if quant == "Q4_0":
+                info["q4_calibration"] = calibration or {"method": "none"}
             info["sha256"] = sha256(path)
             info["required_top1"] = cfg.min_top1.get(quant, 1.0)
             info["passed"] = False
@@ -243,7 +271,7 @@ class ExportStage(Stage[ExportConfig]):
             files.append(info)
             ctx.progress(1)
 
-        # 5. Ollama Modelfile and the model card
+        # 6. Ollama Modelfile and the model card
         eot = tokenizer.convert_ids_to_tokens([tokenizer.eos_token_id])[0] if tokenizer.eos_token_id is not None else IM_END
         modelfile = ollama_modelfile(gguf_name=f"{cfg.model_name}-{cfg.ollama_quantization}.gguf",
                                      template=tokenizer.chat_template, system=cfg.system_prompt, stop=eot)
@@ -258,15 +286,20 @@ class ExportStage(Stage[ExportConfig]):
         if has_loss:
             shutil.copy2(inputs.adapter.parent / "loss.png", out / "loss.png")
         write_text(model_card(name=cfg.model_name, base=str(inputs.base_model), files=files, merge_diff=merge_diff,
-                              eval_md=eval_md, has_loss_plot=has_loss, modelfile=modelfile), out / "README.md")
+                              eval_md=eval_md, has_loss_plot=has_loss, modelfile=modelfile,
+                              q4_note=q4_0_method(calibration) if "Q4_0" in cfg.quantizations else None),
+                   out / "README.md")
         stats = {"merge_max_abs_logit_diff": merge_diff, "files": files}
         write_json(stats, out / "export.json")
         if failures:
             raise StageError("export verification failed: " + "; ".join(failures),
                              fix=f"read the model card in {out}; raise training quality or lower min_top1 for that file")
-        return {"merge_max_abs_logit_diff": merge_diff, "verify_on": cfg.verify_on,
+        calibration_stats = {} if calibration is None else {
+            "q4_calibration": calibration["method"], "q4_calibration_seconds": calibration["seconds"],
+            "q4_calibration_tokens": calibration["tokens"]}
+        return {"merge_max_abs_logit_diff": merge_diff, "verify_on": cfg.verify_on, **calibration_stats,
                 **{f"{f['file']}:top1": round(f["gated_top1"], 4) for f in files},
                 **{f"{f['file']}:answer_top1_tie_aware": round(f["verify"]["top1_agreement_tie_aware"], 4) for f in files}}
 
     def summary(self, stats):
-        return [(k, str(v)) for k, v in stats.items() if ":top1" in k]
+        return [(k, str(v)) for k, v in stats.items() if ":top1" in k or k.startswith("q4_calibration")]

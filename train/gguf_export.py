@@ -11,7 +11,8 @@ BPE tokenizers, so we write the file ourselves:
    ``{% generation %}`` markers stripped,
 3. tensors renamed with gguf's own name map; Llama's q/k projections permuted to llama.cpp's
    rotary layout; Gemma's norm weights stored as ``1 + weight``; tied output weights omitted; 2-D weights as F16 / Q8_0 (``gguf.quants``) / Q4_0 (same format, scale chosen
-   by a small error search, see ``quantize_q4_0``); norms and biases in F32. Q4_0 files keep
+   by a small error search, see ``quantize_q4_0``, or blocks rounded by GPTQ and passed in, see
+   ``train.q4_calibrate``); norms and biases in F32. Q4_0 files keep
    ``token_embd`` and ``output`` in Q8_0 (llama.cpp keeps the output at higher precision too; its
    Q6_K choice needs k-quants, which the numpy quantisers do not provide).
 """
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -232,45 +233,66 @@ FILE_TYPES = {"F16": "MOSTLY_F16", "Q8_0": "MOSTLY_Q8_0", "Q4_0": "MOSTLY_Q4_0"}
 _Q4_0_DIVISORS = np.concatenate([np.arange(-9.0, -5.99, 0.25), np.arange(6.0, 8.01, 0.25)]).astype(np.float32)
 
 
+def q4_0_scales(blocks: np.ndarray) -> np.ndarray:
+    """Per-block Q4_0 scale (float32 holding an fp16 value) of ``blocks`` (n x 32), chosen to minimise the
+    block's squared rounding error: a grid of candidate scales, then the best one refined by least squares
+    (``d = Σ q·x / Σ q²``, re-rounded)."""
+    b = blocks.astype(np.float32)
+    mx = b[np.arange(len(b)), np.abs(b).argmax(axis=1)]
+    best_d = np.zeros(len(b), dtype=np.float32)
+    best_err = np.full(len(b), np.inf, dtype=np.float32)
+
+    def consider(d: np.ndarray) -> None:
+        d = d.astype(np.float16).astype(np.float32)
+        q = q4_0_round(b, d)
+        err = ((q * d[:, None] - b) ** 2).sum(axis=1)
+        better = err < best_err
+        best_err[better], best_d[better] = err[better], d[better]
+
+    for div in _Q4_0_DIVISORS:
+        consider(mx / div)
+    for _ in range(2):  # least-squares refinement of the best scale for its own rounding
+        q = q4_0_round(b, best_d)
+        den = (q * q).sum(axis=1)
+        consider(np.divide((q * b).sum(axis=1), den, out=best_d.copy(), where=den > 0))
+    return best_d
+
+
+def q4_0_round(blocks: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The signed 4-bit values (-8..7, as float) of ``blocks`` (n x 32) for the scales ``d`` (n)."""
+    inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
+    return np.clip(np.round(blocks * inv[:, None]), -8, 7)
+
+
+def pack_q4_0(q: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """Q4_0 blocks (n x 18 bytes: fp16 scale, then 32 values as nibbles, decoded ``(nibble - 8) * d``) from
+    signed values ``q`` (n x 32, -8..7) and scales ``d`` (n)."""
+    u = (q + 8).astype(np.uint8)
+    out = np.empty((len(q), 18), dtype=np.uint8)
+    out[:, :2] = d.astype(np.float16)[:, None].view(np.uint8)
+    out[:, 2:] = u[:, :16] | (u[:, 16:] << 4)
+    return out
+
+
 def quantize_q4_0(data: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
     """Q4_0 bytes with a per-block scale chosen to minimise the squared error.
 
     Same format as ``gguf.quants.quantize(..., Q4_0)`` (fp16 scale + 32 4-bit values per block,
     decoded as ``(q - 8) * d`` by every GGUF reader); only the choice of ``d`` differs: we try a
     grid of scales per block instead of always mapping the largest value to -8, then refine the best
-    one by least squares (``d = Σ q·x / Σ q²``, re-rounded), which lowers the rounding error
-    (measured in tests/train/test_gguf_quant.py). Weighting the error by activation statistics
-    (llama.cpp's imatrix) was tried on the demo model and moved its logit noise by < 1 %, so it is
-    not done.
+    one by least squares (``q4_0_scales``), which lowers the rounding error (measured in
+    tests/train/test_gguf_quant.py). Weighting the error by activation statistics (llama.cpp's
+    imatrix) was tried on the demo model and moved its logit noise by < 1 %, so it is not done.
+    This rounds each weight on its own (``q4_calibration: none``); the export's default,
+    ``train.q4_calibrate``, rounds with GPTQ on train-split activations instead.
     """
     shape = data.shape
     blocks = data.reshape(-1, 32).astype(np.float32)
     out = np.empty((blocks.shape[0], 18), dtype=np.uint8)
     for start in range(0, len(blocks), chunk):
         b = blocks[start:start + chunk]
-        mx = b[np.arange(len(b)), np.abs(b).argmax(axis=1)]
-        best_d = np.zeros(len(b), dtype=np.float32)
-        best_err = np.full(len(b), np.inf, dtype=np.float32)
-
-        def consider(d: np.ndarray) -> None:
-            d = d.astype(np.float16).astype(np.float32)
-            inv = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)
-            q = np.clip(np.round(b * inv[:, None]), -8, 7)
-            err = ((q * d[:, None] - b) ** 2).sum(axis=1)
-            better = err < best_err
-            best_err[better], best_d[better] = err[better], d[better]
-
-        for div in _Q4_0_DIVISORS:
-            consider(mx / div)
-        for _ in range(2):  # least-squares refinement of the best scale for its own rounding
-            inv = np.divide(1.0, best_d, out=np.zeros_like(best_d), where=best_d != 0)
-            q = np.clip(np.round(b * inv[:, None]), -8, 7)
-            den = (q * q).sum(axis=1)
-            consider(np.divide((q * b).sum(axis=1), den, out=best_d.copy(), where=den > 0))
-        inv = np.divide(1.0, best_d, out=np.zeros_like(best_d), where=best_d != 0)
-        q = (np.clip(np.round(b * inv[:, None]), -8, 7) + 8).astype(np.uint8)
-        out[start:start + chunk, :2] = best_d.astype(np.float16)[:, None].view(np.uint8)
-        out[start:start + chunk, 2:] = q[:, :16] | (q[:, 16:] << 4)
+        d = q4_0_scales(b)
+        out[start:start + chunk] = pack_q4_0(q4_0_round(b, d), d)
     return out.reshape(*shape[:-1], shape[-1] // 32 * 18)
 
 
@@ -297,8 +319,13 @@ def _encode_tensor(name: str, data: np.ndarray, quant: str) -> tuple[np.ndarray,
 
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
-               chat_template: str | None = None) -> dict[str, Any]:
-    """Write ``model`` (a merged, non-PEFT HF causal LM) + ``tokenizer`` to ``path``; returns a summary."""
+               chat_template: str | None = None, q4_0_weights: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """Write ``model`` (a merged, non-PEFT HF causal LM) + ``tokenizer`` to ``path``; returns a summary.
+
+    ``q4_0_weights`` (Q4_0 files only): Q4_0 bytes already rounded (``train.q4_calibrate``), by state-dict
+    name, in the model's row order; written instead of rounding those weights here. The architecture
+    transforms only permute the rows of 2-D weights, so they apply to rows of blocks alike.
+    """
     import gguf
 
     config = model.config
@@ -345,8 +372,11 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
                     continue
                 raise ConfigError("GGUF export: no GGUF name for a tensor", received=hf_name,
                                   fix="extend the architecture entry in train/gguf_export.py")
-            data = transform(hf_name, tensor.detach().float().cpu().numpy(), config)
-            data, qtype = _encode_tensor(new, data, quant)
+            if quant == "Q4_0" and q4_0_weights and hf_name in q4_0_weights:
+                data, qtype = transform(hf_name, q4_0_weights[hf_name], config), gguf.GGMLQuantizationType.Q4_0
+            else:
+                data = transform(hf_name, tensor.detach().float().cpu().numpy(), config)
+                data, qtype = _encode_tensor(new, data, quant)
             w.add_tensor(new, data, raw_dtype=qtype)
             counts[qtype.name] = counts.get(qtype.name, 0) + 1
         w.write_header_to_file()

@@ -53,6 +53,7 @@ def main() -> None:
     ap.add_argument("--pretrain-steps", type=int, default=150, help="pretraining steps of the tiny base model")
     ap.add_argument("--tie-tolerance", type=float, default=0.1, help="tie_tolerance of the export step")
     ap.add_argument("--verify-on", choices=["prompt_end", "answer"], default="prompt_end", help="verify_on of the export step")
+    ap.add_argument("--q4-calibration", choices=["gptq", "none"], default="gptq", help="q4_calibration of the export step")
     args = ap.parse_args()
     ws = args.workspace
     shutil.rmtree(ws, ignore_errors=True)
@@ -71,7 +72,7 @@ def main() -> None:
          "threads": 2},
         {"stage": "export", "inputs": ["dataset", "base_model", "train", "eval"], "model_name": "demo-tiny",
          "min_top1": {"F16": 1.0, "Q8_0": 1.0, "Q4_0": args.q4_min}, "tie_tolerance": args.tie_tolerance,
-         "verify_on": args.verify_on,
+         "verify_on": args.verify_on, "q4_calibration": args.q4_calibration,
          "threads": 2},
     ]
     docs_step = Step(name="docs", config=parse_stage({"stage": "dataset"}, where="bench"), stage=None, inputs=[])

@@ -1,11 +1,15 @@
 """How much each GGUF quantisation moves a merged model's predictions, without writing the files.
 
 The 2-D weights are quantised and dequantised with the exporter's own quantisers (Q8_0:
-``gguf.quants``; Q4_0: ``train.gguf_export.quantize_q4_0``; embeddings stay Q8_0 as in the export)
+``gguf.quants``; Q4_0: ``train.gguf_export.quantize_q4_0``, round-to-nearest, and Q4_0-gptq:
+``train.q4_calibrate`` on the dataset's train split, the export's default; embeddings stay Q8_0 as in the export)
 and the model is compared with itself on held-out conversations with ``train.export.compare_logits``
 (the export stage's verification reloads the real files; this is the quick what-if for a big model).
 
-    python bench/train/quant_fidelity.py MERGED_DIR DATASET_DIR [--prompts 32] [--threads 2]
+    python bench/train/quant_fidelity.py MERGED_DIR DATASET_DIR [--prompts 32] [--threads 2] [--calibration-rows 128]
+
+``--calibrate-on heldout`` is a diagnostic, never what the export does: GPTQ calibrated on the very held-out
+conversations it is then compared on, an upper bound for any activation-calibrated rounding.
 """
 
 from __future__ import annotations
@@ -26,6 +30,10 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--tie-tolerance", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--calibration-rows", type=int, default=128, help="train-split rows of the GPTQ calibration")
+    ap.add_argument("--damp", type=float, default=0.01, help="GPTQ damping")
+    ap.add_argument("--calibrate-on", choices=["train", "heldout"], default="train",
+                    help="GPTQ calibration rows: the train split (as the export), or the compared held-out rows (diagnostic)")
     args = ap.parse_args()
 
     import gguf
@@ -35,11 +43,13 @@ def main() -> None:
     from train.export import all_logits, compare_logits, heldout_conversations, verification_inputs
     from train.gguf_export import quantize_q4_0
     from train.inputs import load_tokenizer
+    from train.q4_calibrate import calibrate_q4_0, calibration_sequences
 
     torch.set_num_threads(args.threads)
     Q = gguf.GGMLQuantizationType
     model = AutoModelForCausalLM.from_pretrained(str(args.merged), dtype=torch.float32).eval()
-    items = verification_inputs(load_tokenizer(args.merged), heldout_conversations(args.dataset, limit=args.prompts))
+    tokenizer = load_tokenizer(args.merged)
+    items = verification_inputs(tokenizer, heldout_conversations(args.dataset, limit=args.prompts))
     reference = all_logits(model, items)
     original = {n: p.data.clone() for n, p in model.named_parameters() if p.ndim == 2}
 
@@ -50,11 +60,23 @@ def main() -> None:
     keys = ("prompts", "prompt_end_top1_agreement", "prompt_end_top1_agreement_tie_aware", "positions",
             "top1_agreement", "top1_agreement_tie_aware", "max_abs_logit_diff", "mean_cosine",
             "reference_median_top1_prob")
-    for name, qtype in (("Q8_0", Q.Q8_0), ("Q4_0", Q.Q4_0)):
+    for name, qtype in (("Q8_0", Q.Q8_0), ("Q4_0", Q.Q4_0), ("Q4_0-gptq", Q.Q4_0)):
         t0 = time.perf_counter()
+        calibrated = {}
+        if name == "Q4_0-gptq":
+            with torch.no_grad():  # calibrate the unrounded model
+                for n, p in model.named_parameters():
+                    if n in original:
+                        p.copy_(original[n])
+            sequences = (calibration_sequences(tokenizer, args.dataset, rows=args.calibration_rows, max_length=512)
+                         if args.calibrate_on == "train" else [it["input_ids"] for it in items])
+            calibrated, info = calibrate_q4_0(model, sequences, damp=args.damp)
+            print("calibration", json.dumps(info), flush=True)
         with torch.no_grad():
             for n, p in model.named_parameters():
-                if n in original:
+                if n in calibrated:
+                    p.copy_(torch.from_numpy(gguf.quants.dequantize(calibrated[n], Q.Q4_0).reshape(p.shape).copy()))
+                elif n in original:
                     embed = "embed_tokens" in n or "lm_head" in n
                     p.copy_(roundtrip(original[n], Q.Q8_0 if embed else qtype))
         r = compare_logits(reference, all_logits(model, items), items, tie_tolerance=args.tie_tolerance)

@@ -185,8 +185,9 @@ class EvalConfig(StageConfig):
 class ExportConfig(StageConfig):
     """Merge the adapter, write GGUF files + an Ollama Modelfile, and verify every file.
 
-    Inputs: ``dataset`` (held-out prompts), ``base_model`` and ``train``; optionally ``eval`` (its
-    results go into the model card). A failing parity gate or verification fails the stage.
+    Inputs: ``dataset`` (held-out prompts; its train split calibrates the Q4_0 rounding), ``base_model``
+    and ``train``; optionally ``eval`` (its results go into the model card). A failing parity gate or
+    verification fails the stage.
     """
 
     impl: ClassVar[str] = "train.export:ExportStage"
@@ -219,6 +220,26 @@ class ExportConfig(StageConfig):
         "of the merged model itself), the pick counts as agreeing in the gated number. 0 = strict.",
     )
     parity_samples: int = Field(16, ge=1, le=10_000, description="Conversations rendered for the chat-template parity gate.")
+    q4_calibration: Literal["gptq", "none"] = Field(
+        "gptq",
+        description="How the Q4_0 file's decoder-layer weights are rounded (the format is the same either way). "
+        "gptq: GPTQ on activations of the dataset's train split (never the held-out rows verification uses): "
+        "each rounding error is compensated by the weights not yet rounded, and each layer is corrected for the "
+        "rounding of the layers before it (train/q4_calibrate.py). none: each weight rounded to the nearest "
+        "value of its block's scale.",
+    )
+    calibration_rows: int = Field(
+        128, ge=1, le=100_000,
+        description="gptq: train-split conversations (the first by id) whose activations calibrate the Q4_0 file. "
+        "Time grows with their tokens: 128 rows of Gemma-3-270M (9,301 tokens) took 160 s on 2 CPU threads.",
+    )
+    calibration_max_length: int = Field(512, ge=16, le=131_072,
+                                        description="gptq: tokens per calibration conversation (longer ones are cut).")
+    calibration_damp: float = Field(
+        0.01, gt=0, le=1,
+        description="gptq: damping added to the diagonal of each layer's input second moment XᵀX, as a fraction of its "
+        "mean diagonal (GPTQ's 'percdamp'); larger keeps the weights closer to round-to-nearest.",
+    )
     keep_merged: bool = Field(True, description="Also write the merged Hugging Face model (safetensors) to merged/.")
     threads: int | None = runtime(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
 

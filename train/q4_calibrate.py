@@ -1,0 +1,271 @@
+"""Calibrated Q4_0: GPTQ on train-split activations, with full-precision targets, layer by layer.
+
+Round-to-nearest (``quantize_q4_0``) rounds each weight on its own. GPTQ (Frantar et al., 2023)
+rounds the columns of a weight matrix one at a time and moves the not yet rounded weights of the
+row to cancel the error each rounding makes on the layer's output, using ``H = Xᵀ X`` of the
+layer's inputs ``X`` on calibration text. The file format does not change: the result is
+ordinary Q4_0 blocks (fp16 scale + 32 4-bit values), which any GGUF reader decodes as before.
+
+What is done here, top to bottom:
+
+1. Calibration sequences: conversations of the dataset's *train* split rendered with the chat
+   template (``calibration_sequences``); the held-out split that verification uses is never read.
+2. The inputs of the first decoder layer and the keyword arguments every layer receives (rotary
+   embeddings, masks) are captured once, with the layers' computation skipped.
+3. Each decoder layer in turn, its linears in call order, grouped by shared input (q/k/v; o;
+   gate/up; down), each group after the previous one is rounded ("true sequential"):
+   a. inputs ``X`` come from the already rounded model (earlier layers and groups rounded), and
+      full-precision inputs ``X_fp`` from the unrounded model;
+   b. the weights are first corrected so that the rounded model's inputs reproduce the
+      full-precision outputs, ``W' = argmin ‖X W'ᵀ − X_fp Wᵀ‖² + λ‖W' − W‖²``, i.e.
+      ``W' = (W X_fpᵀ X + λW)(XᵀX + λI)⁻¹``: errors of earlier layers are compensated instead of
+      only this layer's own (the asymmetric calibration of GPTAQ, Li et al., 2025, in closed form);
+   c. GPTQ rounds ``W'`` with ``H = XᵀX + λI`` (λ = ``damp`` × mean of diag(XᵀX)), columns in
+      order, Q4_0's 32-column blocks as GPTQ's groups: when the loop reaches a block, its per-row
+      scale is chosen by ``q4_0_scales`` on the block's already error-updated weights.
+4. The model's weights are restored; the result is the Q4_0 bytes of each calibrated weight.
+
+Tried on the demo model and not done, as they did not lower the held-out logit error further
+(docs/train.md, "Q4_0 calibration"): act-order with static block scales, AWQ-style channel scaling
+before GPTQ, least-squares rescaling of the blocks after it, correcting the output projection, and
+tuning the norm weights or block scales end to end.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.errors import StageError
+from train.gguf_export import pack_q4_0, q4_0_round, q4_0_scales
+
+#: Q4_0 block width (weights per scale)
+BLOCK = 32
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once the inputs it needs are recorded."""
+
+
+def calibration_sequences(tokenizer, examples: Path, *, rows: int, max_length: int) -> list[list[int]]:
+    """Token ids of the first ``rows`` train-split conversations (by id), each cut to ``max_length``."""
+    from train.chat import encode_example
+    from train.inputs import read_examples
+
+    train = read_examples(examples, split="train")[:rows]
+    if not train:
+        raise StageError("export: no train-split rows to calibrate the Q4_0 file with", received=str(examples),
+                         fix="give the dataset step train rows, or set q4_calibration: none on the export step")
+    convs = [[{"role": m["role"], "content": m["content"]} for m in r["messages"]] for r in train]
+    return [encode_example(tokenizer, conv, max_length=max_length)["input_ids"] for conv in convs]
+
+
+def _decoder_layers(model) -> Any:
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None:
+        raise StageError("Q4_0 calibration: the model has no model.layers (decoder layers)",
+                         received=type(model).__name__, fix="set q4_calibration: none on the export step")
+    return layers
+
+
+def _batches(sequences: Sequence[list[int]], *, max_tokens: int) -> list[tuple[Any, Any]]:
+    """(input ids, attention mask) batches, right-padded: sequences of similar length together (longest first,
+    ties in input order), at most ``max_tokens`` padded tokens a batch (a longer sequence goes alone)."""
+    import torch
+
+    order = sorted(range(len(sequences)), key=lambda i: (-len(sequences[i]), i))
+    groups: list[list[int]] = []
+    for i in order:
+        # sorted longest first, so a batch's padded width is its first sequence's length
+        if groups and (len(groups[-1]) + 1) * len(sequences[groups[-1][0]]) <= max_tokens:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    out = []
+    for group in groups:
+        width = len(sequences[group[0]])
+        ids = torch.zeros(len(group), width, dtype=torch.long)
+        mask = torch.zeros(len(group), width, dtype=torch.long)
+        for row, i in enumerate(group):
+            ids[row, :len(sequences[i])] = torch.tensor(sequences[i])
+            mask[row, :len(sequences[i])] = 1
+        out.append((ids, mask))
+    return out
+
+
+def _capture(model, layers, batches: list[tuple[Any, Any]]) -> tuple[list[Any], list[list[dict]]]:
+    """Layer-0 input per batch and the keyword arguments of every layer per batch, without running the
+    layers (each layer's forward is replaced by a recorder for the duration)."""
+    import torch
+
+    first: list[Any] = []
+    kwargs: list[list[dict]] = [[] for _ in layers]
+
+    def recorder(i: int):
+        def forward(hidden_states, *args, **kw):
+            if args:
+                raise StageError("Q4_0 calibration: a decoder layer got positional arguments besides the hidden states",
+                                 received=len(args), fix="set q4_calibration: none on the export step")
+            if i == 0:
+                first.append(hidden_states)
+            kwargs[i].append(kw)
+            return hidden_states
+        return forward
+
+    for i, layer in enumerate(layers):
+        layer.forward = recorder(i)
+    try:
+        with torch.no_grad():
+            for ids, mask in batches:
+                model.model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False)
+    finally:
+        for layer in layers:
+            del layer.forward
+    return first, kwargs
+
+
+def _linear_groups(layer, hidden, kw) -> list[list[tuple[str, Any]]]:
+    """The layer's Q4_0-sized linears in call order, grouped by shared input tensor."""
+    import torch
+
+    order: list[tuple[str, Any, Any]] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: order.append((name, mod, args[0])))
+             for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features % BLOCK == 0]
+    try:
+        with torch.no_grad():
+            layer(hidden, **kw)
+    finally:
+        for h in hooks:
+            h.remove()
+    groups: list[list[tuple[str, Any]]] = []
+    last = None
+    for name, mod, x in order:
+        if groups and x is last:
+            groups[-1].append((name, mod))
+        else:
+            groups.append([(name, mod)])
+        last = x
+    return groups
+
+
+def _run_layer(layer, hiddens, kwargs, valid, record: dict[str, Any], *,
+               stop: bool = False) -> tuple[dict[str, Any], list]:
+    """Run ``layer`` on every batch, recording the inputs of the ``record`` modules at the ``valid`` (not
+    padding) positions (name -> tokens x in_features, float32, CPU); returns them and the layer's outputs.
+    ``stop``: end each pass at the (single) recorded module, nothing after it is needed (no outputs then)."""
+    import torch
+
+    rows: dict[str, list] = {name: [] for name in record}
+    current: list = []
+
+    def hook(name):
+        def pre(mod, args):
+            rows[name].append(args[0][current[0]].float().cpu())
+            if stop:
+                raise _Stop
+        return pre
+
+    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in record.items()]
+    outputs = []
+    try:
+        with torch.no_grad():
+            for h, kw, v in zip(hiddens, kwargs, valid):
+                current[:] = [v]
+                try:
+                    outputs.append(layer(h, **kw))
+                except _Stop:
+                    pass
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: torch.cat(r) for name, r in rows.items()}, outputs
+
+
+def gptq_q4_0(weight, hinv) -> tuple[np.ndarray, np.ndarray]:
+    """GPTQ rounding of ``weight`` (rows x cols, float32 torch) to Q4_0, given ``hinv``, the upper Cholesky
+    factor of the inverse of the inputs' damped second moment (row j: how column j's rounding error is
+    spread over the later columns). Returns the signed values (rows x cols) and per-block scales
+    (rows x cols/32), numpy. Columns are rounded left to right; a block's scales are searched when the
+    loop reaches it, on its error-updated weights."""
+    import torch
+
+    w = weight.clone()
+    rows, cols = w.shape
+    q = np.empty((rows, cols), dtype=np.float32)
+    d = np.empty((rows, cols // BLOCK), dtype=np.float32)
+    hinv_np = hinv.numpy()
+    for b0 in range(0, cols, BLOCK):
+        b1 = b0 + BLOCK
+        blk = w[:, b0:b1].numpy().copy()
+        err = np.empty_like(blk)
+        scale = d[:, b0 // BLOCK] = q4_0_scales(blk)
+        h = hinv_np[b0:b1, b0:b1]
+        for j in range(BLOCK):  # numpy: these are small per-column steps, where torch's overhead shows
+            qj = q4_0_round(blk[:, j:j + 1], scale)[:, 0]
+            q[:, b0 + j] = qj
+            err[:, j] = (blk[:, j] - qj * scale) / h[j, j]
+            blk[:, j:] -= np.outer(err[:, j], h[j, j:])
+        w[:, b1:] -= torch.from_numpy(err) @ hinv[b0:b1, b1:]
+    return q, d
+
+
+def _calibrated(weights: list, x, x_fp, *, damp: float) -> list[tuple[np.ndarray, np.ndarray]]:
+    """GPTQ with full-precision targets for weights sharing the input: each corrected for the rounded model's
+    inputs ``x`` (the unrounded model's are ``x_fp``), then rounded by ``gptq_q4_0``."""
+    import torch
+
+    h = (x.T @ x).double()
+    cross = (x_fp.T @ x).double()
+    mean_diag = float(torch.diag(h).mean())
+    lam = damp * mean_diag if mean_diag > 0 else 1.0
+    h += lam * torch.eye(h.shape[0], dtype=h.dtype)
+    h_inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
+    factor = torch.linalg.cholesky(h_inv, upper=True).float()  # the rounding loop runs in float32, as GPTQ's
+    return [gptq_q4_0(((w.double() @ cross + lam * w.double()) @ h_inv).float(), factor) for w in weights]
+
+
+def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01, batch_tokens: int = 2048,
+                   progress: Callable[[int], None] | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Q4_0 bytes (HF layout: rows x cols/32*18) of every decoder-layer linear whose width is a multiple of
+    32, keyed by state-dict name, plus stats. ``model`` is left as it was (weights restored)."""
+    import torch
+
+    t0 = time.perf_counter()
+    layers = _decoder_layers(model)
+    names = {id(mod): name for name, mod in model.named_modules()}
+    saved: dict[str, tuple[Any, Any]] = {}
+    result: dict[str, np.ndarray] = {}
+    try:
+        batches = _batches(sequences, max_tokens=batch_tokens)
+        valid = [mask.bool().to(model.device) for _, mask in batches]
+        h_q, kwargs = _capture(model, layers, batches)
+        h_fp = h_q
+        for layer, kws in zip(layers, kwargs):
+            groups = _linear_groups(layer, h_q[0], kws[0])
+            # full-precision inputs of every group (one pass of the unrounded layer) and its outputs
+            x_fp, h_fp = _run_layer(layer, h_fp, kws, valid, {g[0][0]: g[0][1] for g in groups})
+            for group in groups:
+                first, module = group[0]
+                x, _ = _run_layer(layer, h_q, kws, valid, {first: module}, stop=True)
+                weights = [mod.weight.detach().cpu() for _, mod in group]
+                for (name, mod), (q, d) in zip(group, _calibrated(weights, x[first], x_fp[first], damp=damp)):
+                    key = names[id(mod)] + ".weight"
+                    saved[key] = (mod, mod.weight.detach().clone())
+                    result[key] = pack_q4_0(q.reshape(-1, BLOCK), d.reshape(-1)).reshape(q.shape[0], -1)
+                    with torch.no_grad():
+                        mod.weight.copy_(torch.from_numpy(q * np.repeat(d, BLOCK, axis=1)).to(mod.weight))
+                del x_fp[first]
+            _, h_q = _run_layer(layer, h_q, kws, valid, {})
+            if progress is not None:
+                progress(1)
+    finally:
+        with torch.no_grad():
+            for mod, weight in saved.values():
+                mod.weight.copy_(weight)
+    stats = {"method": "gptq", "sequences": len(sequences), "tokens": int(sum(len(s) for s in sequences)),
+             "damp": damp, "tensors": len(result), "seconds": round(time.perf_counter() - t0, 3)}
+    return result, stats
