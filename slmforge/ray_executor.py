@@ -323,6 +323,12 @@ class RayExecutor:
                 done, _ = ray.wait(list(running), num_returns=1)
                 free.append(running.pop(done[0]))
                 yield ray.get(done[0])
+        except Exception:
+            # a shard failed: launch no more, let the ones in flight finish (their markers count on
+            # the next run, which then never races a late writer of the same files), then raise
+            if running:
+                ray.wait(list(running), num_returns=len(running))
+            raise
         finally:
             for actor in actors:
                 ray.kill(actor)

@@ -70,3 +70,31 @@ def test_ray_run_resumes_local_markers_and_caches(ray_local, corpus, tmp_path):
     again = run_recipe(recipe)
     assert all(s.get("cached") for s in again)
     assert json.loads((steps[-1].dir / "stats.json").read_text())["dropped"] == {"exact_duplicate": 1}
+
+
+def test_a_failing_shard_keeps_the_finished_ones_and_the_rerun_resumes(ray_local, corpus, tmp_path):
+    """A shard that fails on Ray stops the step with the cause; shards that finished keep their
+    markers, and the next run redoes only what is missing, ending with the local bytes."""
+    ws = tmp_path / "ws"
+    recipe = _ray_recipe(corpus, ws)
+    ref = tmp_path / "ref"
+    run_recipe(recipe_from_dict({**recipe_dict(corpus, ref), "workers": 1}))
+    steps = plan(recipe)
+    shutil.copytree(next((ref / "ingest").iterdir()), steps[0].dir)  # ingest done (cached)
+    part = steps[0].dir / "part-00001.parquet"
+    good = part.read_bytes()
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"x": [1, 2]}), part)  # readable, but not ingest's schema: shard 1 fails in its task
+    with pytest.raises(Exception, match="shard 1"):
+        run_recipe(recipe)
+    normalize = steps[1].dir / "_shards"
+    assert not (normalize / "00001.json").exists() and not (steps[1].dir / "_SUCCESS").exists()
+    finished = {m.name: m.stat().st_mtime_ns for m in normalize.glob("*.json")}
+    assert "00000.json" in finished  # in flight beside the failing shard: waited for, kept
+    part.write_bytes(good)
+    stats = run_recipe(recipe)
+    assert stats[0].get("cached") and not stats[1].get("cached")
+    assert {m: (normalize / m).stat().st_mtime_ns for m in finished} == finished  # not redone
+    assert parquet_bytes(ws) == parquet_bytes(ref)
