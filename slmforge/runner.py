@@ -177,7 +177,25 @@ def _shard_paths(d: Path, i: int) -> dict[str, Path]:
 
 
 def _run_shard(stage: Stage, key: str, kind: str, i: int, item: Any, ctx: StageContext) -> dict[str, Any]:
-    """Process one shard and commit it: part file, decisions, quarantine, then the marker."""
+    """Process one shard and commit it: part file, decisions, quarantine, then the marker.
+
+    An error that is not already one of ours is re-raised as a :class:`StageError` naming the
+    step, the shard and its input (both executors run this function; Ray and the process pool
+    carry the error to the driver)."""
+    from schemas.errors import SlmforgeError
+
+    try:
+        return _run_shard_unchecked(stage, key, kind, i, item, ctx)
+    except SlmforgeError:
+        raise
+    except Exception as exc:
+        where = Path(item).name if isinstance(item, (str, os.PathLike)) else repr(item)[:200]
+        raise StageError(f"step '{ctx.step}' failed on shard {i} ({where}): {type(exc).__name__}: {exc}",
+                         fix="shards that finished are kept: remove the cause and run again, only this shard "
+                             "and the ones not yet done are redone") from exc
+
+
+def _run_shard_unchecked(stage: Stage, key: str, kind: str, i: int, item: Any, ctx: StageContext) -> dict[str, Any]:
     stage = _loaded(stage, key)
     paths = _shard_paths(ctx.stage_dir, i)
     ctx.shard = i
@@ -313,7 +331,12 @@ def execute(step: Step, by_name: Mapping[str, Step], *, workers: int = 1, report
 def _num_rows(path: Path) -> int:
     import pyarrow.parquet as pq
 
-    return pq.ParquetFile(path).metadata.num_rows
+    try:
+        return pq.ParquetFile(path).metadata.num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise StageError(f"cannot read the Parquet file {path}", received=f"{type(exc).__name__}: {exc}",
+                         fix="it is the output of an earlier step and was damaged or changed outside slmforge: "
+                             "delete that step's folder and run again to rebuild it") from exc
 
 
 def _finalize_tables(step: Step, infos: list[dict]) -> dict:

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.config import recipe_from_dict
-from schemas.errors import ConfigError, SchemaError
+from schemas.errors import ConfigError, SchemaError, StageError
 from slmforge.runner import run_recipe
 from tests.core.conftest import ROOT, cli, parquet_bytes, recipe_dict, write_recipe
 
@@ -143,3 +143,34 @@ def test_trace_shows_a_documents_path_through_every_stage(corpus, tmp_path):
     assert cli("trace", "nope", "--workspace", str(tmp_path / "ws"), check=False).returncode == 1
     stats_out = cli("stats", "--workspace", str(tmp_path / "ws")).stdout
     assert "exact_duplicate 1" in stats_out
+
+
+def test_a_damaged_upstream_file_fails_with_step_shard_and_file_and_the_rerun_resumes(corpus, tmp_path):
+    """A part file damaged outside slmforge: the error names the step, the shard and the file (not a
+    bare pyarrow message), finished shards are kept, and after the repair the outputs are the same."""
+    import shutil
+
+    ws = tmp_path / "ws"
+    recipe = recipe_from_dict(recipe_dict(corpus, ws))
+    first = run_recipe(recipe)
+    reference = parquet_bytes(ws)
+    normalize = ws / "normalize" / first[1]["fingerprint"]
+    part = ws / "ingest" / first[0]["fingerprint"] / "part-00001.parquet"
+    good = part.read_bytes()
+    assert len(good) > 600
+
+    shutil.rmtree(normalize)  # normalize runs again, over a damaged input
+    part.write_bytes(good[:8] + bytes(0xAB for _ in range(len(good) // 3)) + good[8 + len(good) // 3:])
+    with pytest.raises(StageError, match=r"step 'normalize' failed on shard 1 \(part-00001.parquet\): OSError"):
+        run_recipe(recipe)
+    assert (normalize / "_shards" / "00000.json").exists() and not (normalize / "_shards" / "00001.json").exists()
+
+    part.write_bytes(b"PAR1 not a parquet footer")  # unreadable even for its row count
+    with pytest.raises(StageError, match="cannot read the Parquet file .*part-00001.parquet") as err:
+        run_recipe(recipe)
+    assert "delete that step's folder" in str(err.value)
+
+    part.write_bytes(good)
+    again = run_recipe(recipe)
+    assert ran(again) == ["normalize"]
+    assert parquet_bytes(ws) == reference
