@@ -241,7 +241,7 @@ def band_hashes(sig: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return out
 
 
-def _batch_bands(texts, ngram: int, a: np.ndarray | Future, b: np.ndarray | None = None, bands: int = 0, rows: int = 0):
+def batch_bands(texts, ngram: int, a: np.ndarray | Future, b: np.ndarray | None = None, bands: int = 0, rows: int = 0):
     """One batch: band hashes, has-shingles flags and the raw shingle hashes (for verification).
 
     ``a`` may be a future of ``(a, b, bands, rows)``: shingling (no datasketch needed) then runs while
@@ -341,7 +341,7 @@ def _verify(pi: np.ndarray, pj: np.ndarray, sets: dict[int, np.ndarray], thresho
     return ok
 
 
-def _read_sets(path: Path, offsets: np.ndarray, docs: np.ndarray) -> dict[int, np.ndarray]:
+def read_sets(path: Path, offsets: np.ndarray, docs: np.ndarray) -> dict[int, np.ndarray]:
     """Sorted unique shingle hashes of ``docs`` (sorted indices), read from the shingle spill file."""
     sets: dict[int, np.ndarray] = {}
     with open(path, "rb") as f:
@@ -446,7 +446,7 @@ def cluster_batches(
             pending: list = []
             try:
                 for texts in texts_of(make_batches()):
-                    pending.append(pool.submit(_batch_bands, texts, config.ngram, params))
+                    pending.append(pool.submit(batch_bands, texts, config.ngram, params))
                     while len(pending) > workers:  # bounded in-flight batches, results in input order
                         consume(pending.pop(0).result())
                 while pending:
@@ -471,7 +471,7 @@ def cluster_batches(
     if n:
         np.cumsum(np.concatenate(count_list), out=offsets[1:])
     cand = np.unique(np.concatenate([pi, pj]))
-    sets = _read_sets(shingle_path, offsets, cand)
+    sets = read_sets(shingle_path, offsets, cand)
     ok = _verify(pi, pj, sets, config.threshold)
     vi, vj = pi[ok], pj[ok]
     comp = components(n, vi, vj)

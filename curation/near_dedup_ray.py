@@ -4,8 +4,8 @@ on a Ray cluster (waves of Ray tasks over object-store blocks) instead of one pr
 Used by the Ray executor for ``near_dedup`` (``slmforge/ray_executor.py``); it writes the stage's
 ``near_dedup_clusters.parquet`` byte for byte as ``NearDedupStage.prepare`` does, after which the
 shards are mapped by the stage's own ``process``. Only the public functions of the local module
-are used (``shingle_hashes``, ``permutations``, ``signatures``, ``band_hashes``, ``components``),
-so shingles, MinHash and band hashes are the local ones by construction.
+are used (``batch_bands``, ``read_sets``, ``sorted_jaccard``, ``permutations``, ``components`` …),
+so shingles, MinHash, band hashes, exact sets and Jaccard are the local ones by construction.
 
 Pipeline (``n`` documents in ``S`` input shards; global index = position in input order):
 
@@ -58,13 +58,12 @@ import pyarrow as pa
 
 from curation.near_dedup import (
     CLUSTERS_FILE,
-    band_hashes,
+    batch_bands,
     check_columns,
     components,
     may_reach,
     permutations,
-    shingle_hashes,
-    signatures,
+    read_sets,
     sorted_jaccard,
 )
 from schemas.config.dedup import NearDedupConfig
@@ -103,13 +102,11 @@ def _signature_parts(path: str, base: int, *, config: NearDedupConfig, a: np.nda
     with open(tmp, "wb") as f:
         for rb in pf.iter_batches(batch_size=config.batch_size, columns=_columns(config)):
             m = rb.num_rows
-            text = rb.column("text")
-            hashes, counts = shingle_hashes(text, ngram=config.ngram)
+            bh, has_shingles, hashes, counts = batch_bands(rb.column("text"), config.ngram, a, b, bands, rows)
             f.write(np.ascontiguousarray(hashes, dtype=np.uint64).tobytes())
             count_list.append(np.asarray(counts, dtype=np.int64))
             metas.append(_meta(rb, config, np.arange(pos, pos + m, dtype=np.int64)))
-            bh = band_hashes(signatures(hashes, counts, a, b), bands, rows)
-            has = np.nonzero(counts > 0)[0]
+            has = np.nonzero(has_shingles)[0]
             out.append(pa.table({
                 "band": np.tile(np.arange(bands, dtype=np.int32), len(has)),
                 "bucket": np.ascontiguousarray(bh[has]).reshape(-1),
@@ -180,14 +177,10 @@ def _shard_sets(spill: str, base: int, local: np.ndarray, meta: pa.Table) -> tup
     counts = np.load(spill + ".counts.npy")
     start = np.zeros(len(counts) + 1, dtype=np.int64)
     np.cumsum(counts, out=start[1:])
-    raw = np.memmap(spill + ".hashes", dtype=np.uint64, mode="r") if start[-1] else np.zeros(0, np.uint64)
-    sets, lens = [], np.zeros(len(local), dtype=np.int64)
-    for k, d in enumerate(local.tolist()):
-        u = np.unique(raw[start[d]:start[d + 1]])  # sorted unique, as the local stage's sets
-        sets.append(u)
-        lens[k] = len(u)
+    found = read_sets(Path(spill + ".hashes"), start, local)  # the local stage's reader of its spill
+    sets = [found[d] for d in local.tolist()]
     off = np.zeros(len(local) + 1, dtype=np.int64)
-    np.cumsum(lens, out=off[1:])
+    np.cumsum([len(u) for u in sets], out=off[1:])
     flat = np.concatenate(sets) if sets else np.zeros(0, np.uint64)
     idx = local.astype(np.int64) + base
     return {"idx": idx, "off": off, "flat": flat.astype(np.uint64)}, meta.take(pa.array(local)).combine_chunks()

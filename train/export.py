@@ -24,7 +24,7 @@ from schemas.stage import Stage, StageContext
 from train.inputs import EXAMPLE_COLUMNS
 from train.chat import CHATML_TEMPLATE, IM_END, encode_example, parity_gate
 from train.gguf_export import write_gguf
-from train.inputs import find_inputs, load_model, load_tokenizer, read_examples, torch_setup
+from train.inputs import conversations, find_inputs, load_model, load_tokenizer, read_examples, torch_setup
 
 
 def heldout_conversations(examples: Path, *, limit: int) -> list[list[dict[str, str]]]:
@@ -32,7 +32,7 @@ def heldout_conversations(examples: Path, *, limit: int) -> list[list[dict[str, 
     if not rows:
         raise StageError("export: no held-out rows (test or validation split) to verify with",
                          received=str(examples), fix="give the dataset step a non-zero test_fraction")
-    return [[{"role": m["role"], "content": m["content"]} for m in r["messages"]] for r in rows[:limit]]
+    return conversations(rows[:limit])
 
 
 def verification_inputs(tokenizer, conversations: list[list[dict[str, str]]]) -> list[dict[str, Any]]:

@@ -93,6 +93,11 @@ def read_examples(path: Path, *, split: str | None = None) -> list[dict[str, Any
     return rows
 
 
+def conversations(rows: list[dict[str, Any]]) -> list[list[dict[str, str]]]:
+    """The ``messages`` of EXAMPLES rows as plain ``role``/``content`` conversations."""
+    return [[{"role": m["role"], "content": m["content"]} for m in r["messages"]] for r in rows]
+
+
 def torch_setup(threads: int | None):
     torch = require("torch", extra="train", purpose="training and export")
     if threads:

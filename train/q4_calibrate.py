@@ -54,14 +54,13 @@ class _Stop(Exception):
 def calibration_sequences(tokenizer, examples: Path, *, rows: int, max_length: int) -> list[list[int]]:
     """Token ids of the first ``rows`` train-split conversations (by id), each cut to ``max_length``."""
     from train.chat import encode_example
-    from train.inputs import read_examples
+    from train.inputs import conversations, read_examples
 
     train = read_examples(examples, split="train")[:rows]
     if not train:
         raise StageError("export: no train-split rows to calibrate the Q4_0 file with", received=str(examples),
                          fix="give the dataset step train rows, or set q4_calibration: none on the export step")
-    convs = [[{"role": m["role"], "content": m["content"]} for m in r["messages"]] for r in train]
-    return [encode_example(tokenizer, conv, max_length=max_length)["input_ids"] for conv in convs]
+    return [encode_example(tokenizer, conv, max_length=max_length)["input_ids"] for conv in conversations(train)]
 
 
 def _decoder_layers(model) -> Any:
