@@ -178,8 +178,12 @@ class RayExecutor:
         if self._started_ray:
             import ray
 
+            started = time.perf_counter()
+            if self.address is None:
+                _end_autoscaler_monitor(ray)
             ray.shutdown()
             self._started_ray = False
+            self.timings["_shutdown"] = {"seconds": round(time.perf_counter() - started, 3)}
 
     # --- steps ----------------------------------------------------------------------------
     def run(self, steps: Sequence[Any], by_name: Mapping[str, Any], *, reporter: Any = None) -> list[dict]:
@@ -332,6 +336,28 @@ class RayExecutor:
         finally:
             for actor in actors:
                 ray.kill(actor)
+
+
+def _end_autoscaler_monitor(ray: Any) -> None:
+    """End the autoscaler monitor of the local Ray this executor started, before ``ray.shutdown``.
+
+    ``ray.shutdown`` stops a local Ray's processes one after the other, sending SIGTERM and waiting
+    up to 1 s for each; the monitor spends that second reporting its own termination to the GCS
+    (measured: 1.0 s of a 1.2-1.4 s shutdown; the others exit in 0.01-0.03 s). A local Ray has a
+    fixed size, so its monitor has nothing to scale and no state to save: it is killed at once.
+    Uses Ray's node handle; if a Ray version lays that out differently, nothing is done here and
+    ``ray.shutdown`` stops the monitor as usual.
+    """
+    try:
+        from ray._private import ray_constants, worker
+
+        infos = worker._global_node.all_processes.get(ray_constants.PROCESS_TYPE_MONITOR, [])
+        for info in infos:
+            if info.process.poll() is None:
+                info.process.kill()
+                info.process.wait(timeout=5)
+    except Exception:  # noqa: BLE001 - an optimisation only; ray.shutdown still stops everything
+        return
 
 
 def _is_near_dedup(stage: Any) -> bool:

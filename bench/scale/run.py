@@ -18,8 +18,14 @@ the run and stops after it, untimed (``ray start --head``; as ``--executor ray -
 a running cluster).
 Near-dup only on the 50k tier, as reported in README.md:
 
-    .venv/bin/python bench/scale/run.py --stages near_dedup --configs local:1,ray:2:driver,ray:2:large_star \
-        --out bench/scale/results_near_dedup_ray.json
+    .venv/bin/python bench/scale/run.py --stages near_dedup --configs local:2,ray:2:driver,cluster:2:driver \
+        --fresh --repeat 9 --out bench/scale/results_near_dedup_ray_fresh.json
+
+``--fresh`` runs every configuration in a new Python process (as ``slmforge run`` would be: nothing
+imported or warmed by the configuration before it) and times that whole process; ``--repeat N``
+runs N rounds, round r starting the configuration list at position r, and prints each config's
+seconds per round and the median (min, max) of its per-round ratio to the first config.
+Without ``--fresh`` the configurations run one after the other in this process.
 
 Never imported by the package.
 """
@@ -111,6 +117,48 @@ def run_ray(data: Path, ws: Path, workers: int, method: str | None = None, *, ad
             "where": ex.timings, "near_dedup": ex.near_dedup_stats}
 
 
+def run_config(cfg: str, data: Path, ws: Path, *, cluster_running: bool = False) -> dict:
+    """One configuration (``local:W``, ``ray:W[:method]``, ``cluster:W[:method]``) in this process.
+    A ``cluster`` config starts and stops its cluster around the run (untimed) unless it is running."""
+    ex, w, *method = cfg.split(":")
+    if ex == "local":
+        return run_local(data, ws, int(w))
+    if ex == "cluster":
+        if cluster_running:
+            return run_ray(data, ws, int(w), method[0] if method else None, address="auto")
+        start_cluster(int(w))
+        try:
+            return run_ray(data, ws, int(w), method[0] if method else None, address="auto")
+        finally:
+            stop_cluster()
+    return run_ray(data, ws, int(w), method[0] if method else None)
+
+
+def run_fresh(cfg: str, data: Path, ws: Path) -> dict:
+    """One configuration in a new Python process, as a user's ``slmforge run`` would be: nothing
+    imported or warmed by an earlier configuration. ``process`` is that process's whole wall time
+    (interpreter start and imports included), ``total`` the run itself as in-process mode times it.
+    A ``cluster`` config's cluster is started before that process and stopped after it (untimed)."""
+    import subprocess
+
+    cluster = cfg.startswith("cluster:")
+    if cluster:
+        start_cluster(int(cfg.split(":")[1]))
+    try:
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, __file__, "--one", cfg, "--data-dir", str(data), "--ws", str(ws),
+                               "--stages", ",".join(STAGES), *(["--cluster-running"] if cluster else [])],
+                              capture_output=True, text=True)
+        wall = time.perf_counter() - t0
+    finally:
+        if cluster:
+            stop_cluster()
+    if proc.returncode != 0:
+        raise SystemExit(f"{cfg} failed:\n{proc.stderr[-4000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**res, "process": round(wall, 2)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--docs", type=Path, default=Path("/work/shared/bench/dedup/data/throughput/docs.parquet"))
@@ -119,31 +167,57 @@ def main() -> None:
     ap.add_argument("--configs", default="local:1,local:2,ray:1,ray:2")
     ap.add_argument("--stages", default=",".join(STAGES), help="stages after ingest, comma-separated")
     ap.add_argument("--out", type=Path, default=ROOT / "bench/scale/results.json")
+    ap.add_argument("--fresh", action="store_true",
+                    help="run every configuration in a new Python process (nothing warmed by an earlier one)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="rounds; round r starts the configuration list at position r, so each config "
+                         "takes each place in the order")
+    ap.add_argument("--one", help=argparse.SUPPRESS)  # child of --fresh: one config, JSON on stdout
+    ap.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--ws", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--cluster-running", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     STAGES[:] = args.stages.split(",")
+    if args.one:
+        print(json.dumps(run_config(args.one, args.data_dir, args.ws, cluster_running=args.cluster_running)), flush=True)
+        return
     tmp = Path(tempfile.mkdtemp(prefix="scale-"))
     try:
         n = split(args.docs, tmp / "data", args.shards, args.limit)
-        results = {"docs": n, "shards": args.shards, "stages": ["ingest", *STAGES], "runs": {}}
+        configs = args.configs.split(",")
+        results = {"docs": n, "shards": args.shards, "stages": ["ingest", *STAGES], "fresh": args.fresh,
+                   "repeat": args.repeat, "runs": {}, "rounds": []}
         outputs = {}
-        for cfg in args.configs.split(","):
-            ex, w, *method = cfg.split(":")
-            ws = tmp / f"ws-{cfg.replace(':', '-')}"
-            if ex == "local":
-                res = run_local(tmp / "data", ws, int(w))
-            elif ex == "cluster":
-                start_cluster(int(w))
-                try:
-                    res = run_ray(tmp / "data", ws, int(w), method[0] if method else None, address="auto")
-                finally:
-                    stop_cluster()
-            else:
-                res = run_ray(tmp / "data", ws, int(w), method[0] if method else None)
-            results["runs"][cfg] = res
-            outputs[cfg] = {str(p.relative_to(ws)): p.read_bytes() for p in sorted(ws.rglob("*.parquet"))}
-            print(cfg, json.dumps(res), flush=True)
+        for r in range(args.repeat):
+            order = configs[r % len(configs):] + configs[: r % len(configs)]
+            this_round = {}
+            for cfg in order:
+                ws = tmp / f"ws-{cfg.replace(':', '-')}"
+                shutil.rmtree(ws, ignore_errors=True)
+                res = run_fresh(cfg, tmp / "data", ws) if args.fresh else run_config(cfg, tmp / "data", ws)
+                this_round[cfg] = res
+                results["runs"].setdefault(cfg, res)  # the first round's breakdown, as before
+                got = {str(p.relative_to(ws)): p.read_bytes() for p in sorted(ws.rglob("*.parquet"))}
+                outputs.setdefault(cfg, got)
+                if got != outputs[cfg]:
+                    outputs[f"{cfg}#round{r}"] = got  # a round that differs from its own first run
+                print(f"round {r} {cfg}", json.dumps(res), flush=True)
+            results["rounds"].append({"order": order, **{c: {k: v for k, v in res.items() if k in ("total", "process")}
+                                                          for c, res in this_round.items()}})
         ref = next(iter(outputs.values()))
         results["identical_outputs"] = all(o == ref for o in outputs.values())
+        if args.repeat > 1 or args.fresh:
+            key = "process" if args.fresh else "total"
+            base = configs[0]
+            print(f"\nseconds ({key}) per round, ratio to {base}:")
+            for cfg in configs:
+                vals = [rd[cfg][key] for rd in results["rounds"]]
+                ratios = sorted(rd[cfg][key] / rd[base][key] for rd in results["rounds"])
+                med = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1:len(ratios) // 2 + 1]) / 2
+                results.setdefault("summary", {})[cfg] = {"seconds": vals, "ratio_median": round(med, 3),
+                                                          "ratio_min": round(ratios[0], 3), "ratio_max": round(ratios[-1], 3)}
+                print(f"  {cfg:18s} {' '.join(f'{v:6.2f}' for v in vals)}   ratio median {med:.2f} "
+                      f"(min {ratios[0]:.2f}, max {ratios[-1]:.2f})")
         print("identical parquet bytes across configs:", results["identical_outputs"])
         args.out.write_text(json.dumps(results, indent=2) + "\n")
     finally:
