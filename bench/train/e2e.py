@@ -5,6 +5,12 @@ the numbers are reproducible offline. Usage (2 torch threads, as on a 2-core lap
 
     .venv/bin/python bench/train/e2e.py /tmp/e2e   # demo sizes: tiny 128-dim Llama, 600 LoRA steps
 
+Other text (``--corpus DIR`` with ``.md``/``.txt`` files, ``--skip-docs``/``--max-docs`` for a slice)
+checks that the figures are not a property of the runbooks, e.g. the PostgreSQL SQL-command pages
+that ``bench/gemma/prepare.py`` converts (apt package postgresql-doc-15):
+
+    .venv/bin/python bench/train/e2e.py /tmp/e2e_pg --corpus workspace/corpora/postgres-sql-md --max-docs 24
+
 Prints the wall time of every stage and the export verification table.
 """
 
@@ -27,9 +33,13 @@ from slmforge.runner import Step, execute, load_stage
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def examples_from_runbooks() -> tuple[pa.Table, pa.Table]:
+def examples_from_runbooks(corpus: Path = ROOT / "data/sample/runbooks", *, max_docs: int = 0,
+                           skip_docs: int = 0) -> tuple[pa.Table, pa.Table]:
+    """Cloze examples from the ``.md``/``.txt`` files of ``corpus`` (sorted by name; ``skip_docs``
+    then ``max_docs`` choose a slice, 0 = all)."""
     docs, rows = [], []
-    for f in sorted((ROOT / "data/sample/runbooks").glob("*.md")):
+    files = sorted(f for f in corpus.iterdir() if f.suffix in (".md", ".txt"))[skip_docs:]
+    for f in files[:max_docs or None]:
         text = f.read_text()
         docs.append({"id": f.stem, "text": text})
         title = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), f.stem)
@@ -54,10 +64,15 @@ def main() -> None:
     ap.add_argument("--tie-tolerance", type=float, default=0.1, help="tie_tolerance of the export step")
     ap.add_argument("--verify-on", choices=["prompt_end", "answer"], default="prompt_end", help="verify_on of the export step")
     ap.add_argument("--q4-calibration", choices=["gptq", "none"], default="gptq", help="q4_calibration of the export step")
+    ap.add_argument("--corpus", type=Path, default=ROOT / "data/sample/runbooks",
+                    help="folder of .md/.txt files the cloze examples are made from (default: the sample runbooks)")
+    ap.add_argument("--max-docs", type=int, default=0, help="use at most this many files of --corpus (0: all)")
+    ap.add_argument("--skip-docs", type=int, default=0, help="skip this many files of --corpus first")
     args = ap.parse_args()
     ws = args.workspace
     shutil.rmtree(ws, ignore_errors=True)
-    examples, docs = examples_from_runbooks()
+    examples, docs = examples_from_runbooks(args.corpus, max_docs=args.max_docs, skip_docs=args.skip_docs)
+    print(f"{examples.num_rows} examples from {docs.num_rows} files of {args.corpus}")
     write_parquet(examples, ws / "in" / "examples.parquet")
     write_parquet(docs, ws / "docs" / "part-00000.parquet")
     (ws / "docs" / "_SUCCESS").write_text("")
