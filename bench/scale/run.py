@@ -33,11 +33,14 @@ Never imported by the package.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,42 +120,38 @@ def run_ray(data: Path, ws: Path, workers: int, method: str | None = None, *, ad
             "where": ex.timings, "near_dedup": ex.near_dedup_stats}
 
 
-def run_config(cfg: str, data: Path, ws: Path, *, cluster_running: bool = False) -> dict:
-    """One configuration (``local:W``, ``ray:W[:method]``, ``cluster:W[:method]``) in this process.
-    A ``cluster`` config starts and stops its cluster around the run (untimed) unless it is running."""
+@contextlib.contextmanager
+def cluster_for(cfg: str) -> Iterator[None]:
+    """For a ``cluster:W[:method]`` config, a running cluster of W CPUs around the block (untimed)."""
+    if not cfg.startswith("cluster:"):
+        yield
+        return
+    start_cluster(int(cfg.split(":")[1]))
+    try:
+        yield
+    finally:
+        stop_cluster()
+
+
+def run_config(cfg: str, data: Path, ws: Path) -> dict:
+    """One configuration (``local:W``, ``ray:W[:method]``, ``cluster:W[:method]``) in this process;
+    a ``cluster`` config joins the running cluster (see :func:`cluster_for`)."""
     ex, w, *method = cfg.split(":")
     if ex == "local":
         return run_local(data, ws, int(w))
-    if ex == "cluster":
-        if cluster_running:
-            return run_ray(data, ws, int(w), method[0] if method else None, address="auto")
-        start_cluster(int(w))
-        try:
-            return run_ray(data, ws, int(w), method[0] if method else None, address="auto")
-        finally:
-            stop_cluster()
-    return run_ray(data, ws, int(w), method[0] if method else None)
+    return run_ray(data, ws, int(w), method[0] if method else None, address="auto" if ex == "cluster" else None)
 
 
 def run_fresh(cfg: str, data: Path, ws: Path) -> dict:
     """One configuration in a new Python process, as a user's ``slmforge run`` would be: nothing
     imported or warmed by an earlier configuration. ``process`` is that process's whole wall time
-    (interpreter start and imports included), ``total`` the run itself as in-process mode times it.
-    A ``cluster`` config's cluster is started before that process and stopped after it (untimed)."""
+    (interpreter start and imports included), ``total`` the run itself as in-process mode times it."""
     import subprocess
 
-    cluster = cfg.startswith("cluster:")
-    if cluster:
-        start_cluster(int(cfg.split(":")[1]))
-    try:
-        t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--one", cfg, "--data-dir", str(data), "--ws", str(ws),
-                               "--stages", ",".join(STAGES), *(["--cluster-running"] if cluster else [])],
-                              capture_output=True, text=True)
-        wall = time.perf_counter() - t0
-    finally:
-        if cluster:
-            stop_cluster()
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, __file__, "--one", cfg, "--data-dir", str(data), "--ws", str(ws),
+                           "--stages", ",".join(STAGES)], capture_output=True, text=True)
+    wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(f"{cfg} failed:\n{proc.stderr[-4000:]}")
     res = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -175,11 +174,10 @@ def main() -> None:
     ap.add_argument("--one", help=argparse.SUPPRESS)  # child of --fresh: one config, JSON on stdout
     ap.add_argument("--data-dir", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--ws", type=Path, help=argparse.SUPPRESS)
-    ap.add_argument("--cluster-running", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     STAGES[:] = args.stages.split(",")
     if args.one:
-        print(json.dumps(run_config(args.one, args.data_dir, args.ws, cluster_running=args.cluster_running)), flush=True)
+        print(json.dumps(run_config(args.one, args.data_dir, args.ws)), flush=True)
         return
     tmp = Path(tempfile.mkdtemp(prefix="scale-"))
     try:
@@ -194,7 +192,8 @@ def main() -> None:
             for cfg in order:
                 ws = tmp / f"ws-{cfg.replace(':', '-')}"
                 shutil.rmtree(ws, ignore_errors=True)
-                res = run_fresh(cfg, tmp / "data", ws) if args.fresh else run_config(cfg, tmp / "data", ws)
+                with cluster_for(cfg):
+                    res = run_fresh(cfg, tmp / "data", ws) if args.fresh else run_config(cfg, tmp / "data", ws)
                 this_round[cfg] = res
                 results["runs"].setdefault(cfg, res)  # the first round's breakdown, as before
                 got = {str(p.relative_to(ws)): p.read_bytes() for p in sorted(ws.rglob("*.parquet"))}
@@ -213,7 +212,7 @@ def main() -> None:
             for cfg in configs:
                 vals = [rd[cfg][key] for rd in results["rounds"]]
                 ratios = sorted(rd[cfg][key] / rd[base][key] for rd in results["rounds"])
-                med = ratios[len(ratios) // 2] if len(ratios) % 2 else sum(ratios[len(ratios) // 2 - 1:len(ratios) // 2 + 1]) / 2
+                med = statistics.median(ratios)
                 results.setdefault("summary", {})[cfg] = {"seconds": vals, "ratio_median": round(med, 3),
                                                           "ratio_min": round(ratios[0], 3), "ratio_max": round(ratios[-1], 3)}
                 print(f"  {cfg:18s} {' '.join(f'{v:6.2f}' for v in vals)}   ratio median {med:.2f} "
