@@ -175,8 +175,8 @@ def verdicts(eval_results: dict[str, Any] | None, domain: dict[str, Any], export
                          "change": f"tie-aware {v['prompt_end_top1_agreement_tie_aware']:.3f}", "target": ">= 99%",
                          "met": v["prompt_end_top1_agreement"] >= TARGETS["q8_0_top1"]})
             rows.append({"metric": f"Q8_0 GGUF vs merged: top-1 on {v.get('positions')} held-out answer positions",
-                         "base": None, "tuned": v["top1_agreement"],
-                         "change": f"tie-aware {v['top1_agreement_tie_aware']:.4f}", "target": "gated by export",
+                         "base": None, "tuned": v["answer_top1_agreement"],
+                         "change": f"tie-aware {v['answer_top1_agreement_tie_aware']:.4f}", "target": "gated by export",
                          "met": q8.get("passed")})
     return rows
 

@@ -54,64 +54,149 @@ def verification_inputs(tokenizer, conversations: list[list[dict[str, str]]]) ->
     return out
 
 
-def all_logits(model, items: list[dict[str, Any]]) -> list[Any]:
+def item_logits(model, item: dict[str, Any]) -> Any:
+    """Logits (positions x vocabulary, float32, CPU) of one conversation."""
     import torch
 
     device = next(model.parameters()).device
     with torch.no_grad():
-        return [model(input_ids=torch.tensor([it["input_ids"]], device=device)).logits[0].float().cpu()
-                for it in items]
+        return model(input_ids=torch.tensor([item["input_ids"]], device=device)).logits[0].float().cpu()
 
 
-def compare_logits(reference: list[Any], candidate: list[Any], items: list[dict[str, Any]], *,
-                   tie_tolerance: float = 0.0) -> dict[str, float]:
-    """Top-1 agreement of ``candidate`` with ``reference`` at the prompt ends and on the answer positions
-    (strict and tie-aware), on every position, logit differences, and how sure the reference itself is
-    (median top-1 probability, 10th percentile of its top-1 - top-2 logit margin)."""
-    import torch
+def all_logits(model, items: list[dict[str, Any]]) -> list[Any]:
+    """Logits of every conversation, all kept: for small models and few prompts (tests, benchmarks); the export
+    stage streams instead (``ReferenceLogits``, ``LogitComparison``)."""
+    return [item_logits(model, it) for it in items]
 
-    counts = {k: [0, 0] for k in ("answer", "answer_tie", "next", "next_tie", "all")}
-    max_abs, sum_abs, n_vals = 0.0, 0.0, 0
-    probs, margins = [], []
-    for a, b, it in zip(reference, candidate, items):
+
+def logits_bytes(item: dict[str, Any], vocab_size: int) -> int:
+    return len(item["input_ids"]) * vocab_size * 4
+
+
+class ReferenceLogits:
+    """The reference model's logits per conversation, kept while they fit in ``budget_bytes`` and computed
+    again on each later request. A 262k-token vocabulary (Gemma) makes one 150-token conversation's logits
+    157 MB, so 64 held-out prompts would be 10 GB if all were kept."""
+
+    def __init__(self, model, items: list[dict[str, Any]], *, budget_bytes: int):
+        self.model, self.items = model, items
+        vocab = int(model.get_output_embeddings().weight.shape[0])
+        self.cached: dict[int, Any] = {}
+        used = 0
+        for i, it in enumerate(items):
+            used += logits_bytes(it, vocab)
+            if used > budget_bytes:
+                break
+            self.cached[i] = item_logits(model, it)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.cached[i] if i in self.cached else item_logits(self.model, self.items[i])
+
+
+def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion: how far an agreement measured on ``n`` prompts can be
+    from the file's agreement on prompts like them (36 of 39 agreeing: 0.80-0.97)."""
+    if n == 0:
+        return (float("nan"), float("nan"))
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * (p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5 / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+class LogitComparison:
+    """Top-1 agreement of a candidate's logits with the reference's at the prompt ends and on the answer
+    positions (strict and tie-aware), on every position, logit differences, and how sure the reference
+    itself is (median top-1 probability, 10th percentile of its top-1 - top-2 margin), accumulated one
+    conversation at a time (``add``), so memory holds one conversation's logits, not all of them."""
+
+    def __init__(self, *, tie_tolerance: float = 0.0):
+        self.tie_tolerance = tie_tolerance
+        self.counts = {k: [0, 0] for k in ("answer", "answer_tie", "next", "next_tie", "all")}
+        self.max_abs, self.sum_abs, self.n_vals = 0.0, 0.0, 0
+        self.cos_sum, self.rows = 0.0, 0
+        self.probs: list[Any] = []
+        self.margins: list[Any] = []
+
+    def add(self, a, b, item: dict[str, Any]) -> None:
+        import torch
+
         pick = b.argmax(-1)
         same = a.argmax(-1) == pick
         # a tie of the reference: the candidate's pick is within tie_tolerance of the reference's best logit
-        tied = same | (a.max(-1).values - a.gather(-1, pick[:, None])[:, 0] <= tie_tolerance)
-        for key, ok, pos in (("answer", same, it["positions"]), ("answer_tie", tied, it["positions"]),
-                             ("next", same, it["prompt_ends"]), ("next_tie", tied, it["prompt_ends"]),
+        tied = same | (a.max(-1).values - a.gather(-1, pick[:, None])[:, 0] <= self.tie_tolerance)
+        for key, ok, pos in (("answer", same, item["positions"]), ("answer_tie", tied, item["positions"]),
+                             ("next", same, item["prompt_ends"]), ("next_tie", tied, item["prompt_ends"]),
                              ("all", same, range(len(same)))):
             idx = torch.tensor(list(pos), dtype=torch.long)
-            counts[key][0] += int(ok[idx].sum())
-            counts[key][1] += len(idx)
-        ans = torch.tensor(it["positions"], dtype=torch.long)
+            self.counts[key][0] += int(ok[idx].sum())
+            self.counts[key][1] += len(idx)
+        ans = torch.tensor(item["positions"], dtype=torch.long)
         top2 = a[ans].topk(2, dim=-1).values
-        margins.append(top2[:, 0] - top2[:, 1])
-        probs.append(a[ans].softmax(-1).max(-1).values)
+        self.margins.append(top2[:, 0] - top2[:, 1])
+        self.probs.append(a[ans].softmax(-1).max(-1).values)
         diff = (a - b).abs()
-        max_abs = max(max_abs, float(diff.max()))
-        sum_abs += float(diff.sum())
-        n_vals += diff.numel()
-    cos = float(torch.nn.functional.cosine_similarity(torch.cat(reference), torch.cat(candidate), dim=-1).mean())
-    rate = {k: v[0] / max(v[1], 1) for k, v in counts.items()}
-    margins_t, probs_t = torch.cat(margins), torch.cat(probs)
-    return {"top1_agreement": rate["answer"], "top1_agreement_tie_aware": rate["answer_tie"],
-            "positions": counts["answer"][1], "tie_tolerance": tie_tolerance,
-            "prompt_end_top1_agreement": rate["next"], "prompt_end_top1_agreement_tie_aware": rate["next_tie"],
-            "prompts": counts["next"][1],
-            "all_positions_top1_agreement": rate["all"], "all_positions": counts["all"][1],
-            "max_abs_logit_diff": max_abs, "mean_abs_logit_diff": sum_abs / n_vals, "mean_cosine": cos,
-            "reference_median_top1_prob": float(probs_t.median()) if len(probs_t) else float("nan"),
-            "reference_margin_p10": float(margins_t.quantile(0.1)) if len(margins_t) else float("nan")}
+        self.max_abs = max(self.max_abs, float(diff.max()))
+        self.sum_abs += float(diff.sum())
+        self.n_vals += diff.numel()
+        self.cos_sum += float(torch.nn.functional.cosine_similarity(a, b, dim=-1).sum())
+        self.rows += a.shape[0]
+
+    def result(self) -> dict[str, Any]:
+        import torch
+
+        c = self.counts
+        rate = {k: v[0] / max(v[1], 1) for k, v in c.items()}
+        margins = torch.cat(self.margins) if self.margins else torch.empty(0)
+        probs = torch.cat(self.probs) if self.probs else torch.empty(0)
+        return {"answer_top1_agreement": rate["answer"], "answer_top1_agreement_tie_aware": rate["answer_tie"],
+                "positions": c["answer"][1], "tie_tolerance": self.tie_tolerance,
+                "answer_tie_aware_ci95": list(wilson_interval(*c["answer_tie"])),
+                "prompt_end_top1_agreement": rate["next"], "prompt_end_top1_agreement_tie_aware": rate["next_tie"],
+                "prompts": c["next"][1], "prompt_end_tie_aware_agreeing": c["next_tie"][0],
+                "prompt_end_tie_aware_ci95": list(wilson_interval(*c["next_tie"])),
+                "all_positions_top1_agreement": rate["all"], "all_positions": c["all"][1],
+                "max_abs_logit_diff": self.max_abs, "mean_abs_logit_diff": self.sum_abs / max(self.n_vals, 1),
+                "mean_cosine": self.cos_sum / max(self.rows, 1),
+                "reference_median_top1_prob": float(probs.median()) if len(probs) else float("nan"),
+                "reference_margin_p10": float(margins.quantile(0.1)) if len(margins) else float("nan")}
 
 
-def merge_adapter(base_dir: Path, adapter: Path, probe: list[list[int]]) -> tuple[Any, float]:
-    """The merged model and the largest logit difference between it and the adapter-applied model."""
+def compare_logits(reference, candidate, items: list[dict[str, Any]], *, tie_tolerance: float = 0.0) -> dict[str, Any]:
+    """``LogitComparison`` over sequences of logits (lists, or a ``ReferenceLogits``)."""
+    stats = LogitComparison(tie_tolerance=tie_tolerance)
+    for i, it in enumerate(items):
+        stats.add(reference[i], candidate[i], it)
+    return stats.result()
+
+
+def verify_model(reference: ReferenceLogits, model, *, tie_tolerance: float) -> dict[str, Any]:
+    """Compare ``model`` with the reference on the reference's conversations, one at a time."""
+    stats = LogitComparison(tie_tolerance=tie_tolerance)
+    for i, it in enumerate(reference.items):
+        stats.add(reference[i], item_logits(model, it), it)
+    return stats.result()
+
+
+def merge_adapter(base_dir: Path, adapter: Path, probe: list[dict[str, Any]], *,
+                  budget_bytes: int) -> tuple[Any, float, int]:
+    """The merged model, the largest logit difference between it and the adapter-applied model, and on how
+    many ``probe`` conversations that was measured (the first ones whose logits fit in ``budget_bytes``, at
+    least one: the adapter-applied logits must be kept until the merge is done)."""
     peft_model = load_model(base_dir, adapter=adapter)
-    before = all_logits(peft_model, probe)
+    vocab = int(peft_model.get_output_embeddings().weight.shape[0])
+    n, used = 0, 0
+    for it in probe:
+        used += logits_bytes(it, vocab)
+        if n and used > budget_bytes:
+            break
+        n += 1
+    before = all_logits(peft_model, probe[:n])
     merged = peft_model.merge_and_unload().eval()
-    after = all_logits(merged, probe)
-    return merged, max(float((a - b).abs().max()) for a, b in zip(before, after))
+    return merged, max(float((b - item_logits(merged, it)).abs().max()) for b, it in zip(before, probe[:n])), n
 
 
 def ollama_modelfile(*, gguf_name: str, template: str | None, system: str | None, stop: str | None) -> str:
@@ -147,7 +232,11 @@ def q4_0_method(calibration: dict[str, Any] | None) -> str:
             "`token_embd`/`output` in Q8_0.")
 
 
-def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, eval_md: str | None,
+def _interval(ci: list[float] | None) -> str:
+    return "-" if not ci else f"{ci[0]:.2f}-{ci[1]:.2f}"
+
+
+def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, merge_prompts: int, eval_md: str | None,
                has_loss_plot: bool, modelfile: str, q4_note: str | None = None) -> str:
     lines = [f"# {name}", "", f"LoRA fine-tune of `{base}`, merged and exported to GGUF by slmforge.", ""]
     if eval_md:
@@ -156,7 +245,8 @@ def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, ev
         lines += ["## Training loss", "", "![loss curve](loss.png)", ""]
     lines += [
         "## Export verification", "",
-        f"Merged model vs adapter-applied model: max |logit difference| {merge_diff:.2e}.", "",
+        f"Merged model vs adapter-applied model: max |logit difference| {merge_diff:.2e} on {merge_prompts} held-out "
+        "conversations.", "",
         *([q4_note, ""] if q4_note else []),
         "Each GGUF is reloaded with transformers (`from_pretrained(dir, gguf_file=...)`) and compared with the merged "
         "model on held-out conversations. *prompt end*: the next-token prediction right after each held-out prompt. "
@@ -165,8 +255,9 @@ def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, ev
         "the merged model rates it within the tie tolerance of its own best logit (the merged model itself has no "
         "clear preference there). The gated figure is the tie-aware one on the positions in the *gated* column. "
         "*merged p(top-1)*: the merged model's median top-1 probability on the answer positions -- a flat model "
-        "(small margins) flips more top-1s under the same rounding.",
-        "", "| file | bytes | template parity | prompt end strict / tie-aware (n) | answer positions strict / "
+        "(small margins) flips more top-1s under the same rounding. *95 % interval*: Wilson score interval of the "
+        "tie-aware prompt-end agreement -- with a few dozen prompts, one flip moves the figure by 2-3 points.",
+        "", "| file | bytes | template parity | prompt end strict / tie-aware (n; 95 % interval) | answer positions strict / "
         "tie-aware (n) | all positions | max abs logit diff | mean cosine | merged p(top-1) | gated | required | result |",
         "|---|---:|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
@@ -177,7 +268,8 @@ def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, ev
         lines.append(
             f"| {f['file']} | {f['bytes']} | {parity} | "
             f"{v.get('prompt_end_top1_agreement', nan):.3f} / {v.get('prompt_end_top1_agreement_tie_aware', nan):.3f} "
-            f"({v.get('prompts')}) | {v.get('top1_agreement', nan):.4f} / {v.get('top1_agreement_tie_aware', nan):.4f} "
+            f"({v.get('prompts')}; {_interval(v.get('prompt_end_tie_aware_ci95'))}) | "
+            f"{v.get('answer_top1_agreement', nan):.4f} / {v.get('answer_top1_agreement_tie_aware', nan):.4f} "
             f"({v.get('positions')}) | {v.get('all_positions_top1_agreement', nan):.4f} | "
             f"{v.get('max_abs_logit_diff', nan):.4f} | {v.get('mean_cosine', nan):.5f} | "
             f"{v.get('reference_median_top1_prob', nan):.3f} | {f.get('verify_on', '-')} (±{v.get('tie_tolerance', 0)}) | "
@@ -192,7 +284,7 @@ def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, ev
 
 class ExportStage(Stage[ExportConfig]):
     kind = "artifact"
-    version = "2"  # 2: Q4_0 rounded by GPTQ calibration by default
+    version = "3"  # 2: Q4_0 rounded by GPTQ calibration by default; 3: export.json answer_* keys, 95 % intervals
     #: checked at plan time when the dataset step is listed first in inputs
     requires = EXAMPLE_COLUMNS
 
@@ -209,7 +301,8 @@ class ExportStage(Stage[ExportConfig]):
         prompts = verification_inputs(tokenizer, conversations[: cfg.verify_prompts])
 
         # 1. merge, and check the merge did not change the model
-        merged, merge_diff = merge_adapter(inputs.base_model, inputs.adapter, prompts)
+        budget = cfg.logits_memory_mb << 20
+        merged, merge_diff, merge_prompts = merge_adapter(inputs.base_model, inputs.adapter, prompts, budget_bytes=budget)
         if merge_diff > 1e-3:
             raise StageError("export: the merged model differs from the adapter-applied model",
                              received=f"max |logit diff| {merge_diff:.3g}", expected="<= 1e-3",
@@ -217,7 +310,7 @@ class ExportStage(Stage[ExportConfig]):
         if cfg.keep_merged:
             merged.save_pretrained(str(out / "merged"))
             tokenizer.save_pretrained(str(out / "merged"))
-        reference = all_logits(merged, prompts)
+        reference = ReferenceLogits(merged, prompts, budget_bytes=budget)
         ctx.progress(1)
 
         # 2. Q4_0 calibration on train-split activations (the model is left unchanged)
@@ -253,21 +346,23 @@ class ExportStage(Stage[ExportConfig]):
                 files.append(info)
                 continue
             gguf_model = AutoModelForCausalLM.from_pretrained(str(out), gguf_file=path.name).eval()
-            info["verify"] = compare_logits(reference, all_logits(gguf_model, prompts), prompts,
-                                            tie_tolerance=cfg.tie_tolerance)
+            info["verify"] = verify_model(reference, gguf_model, tie_tolerance=cfg.tie_tolerance)
             del gguf_model
             v = info["verify"]
             info["verify_on"] = cfg.verify_on
             if cfg.verify_on == "answer":
-                gated, strict, where = v["top1_agreement_tie_aware"], v["top1_agreement"], f"{v['positions']} held-out answer positions"
+                gated, strict, where = v["answer_top1_agreement_tie_aware"], v["answer_top1_agreement"], f"{v['positions']} held-out answer positions"
+                ci = v["answer_tie_aware_ci95"]
             else:
                 gated, strict = v["prompt_end_top1_agreement_tie_aware"], v["prompt_end_top1_agreement"]
                 where = f"the next token after {v['prompts']} held-out prompts"
+                ci = v["prompt_end_tie_aware_ci95"]
             info["gated_top1"] = gated
             info["passed"] = gated >= info["required_top1"]
             if not info["passed"]:
                 failures.append(f"{path.name}: top-1 agreement on {where} {gated:.4f} (ties within {cfg.tie_tolerance} "
-                                f"logits count as agreeing; strict {strict:.4f}) < required {info['required_top1']}")
+                                f"logits count as agreeing; strict {strict:.4f}; 95 % interval {ci[0]:.3f}-{ci[1]:.3f}) "
+                                f"< required {info['required_top1']}")
             files.append(info)
             ctx.progress(1)
 
@@ -286,10 +381,11 @@ class ExportStage(Stage[ExportConfig]):
         if has_loss:
             shutil.copy2(inputs.adapter.parent / "loss.png", out / "loss.png")
         write_text(model_card(name=cfg.model_name, base=str(inputs.base_model), files=files, merge_diff=merge_diff,
+                              merge_prompts=merge_prompts,
                               eval_md=eval_md, has_loss_plot=has_loss, modelfile=modelfile,
                               q4_note=q4_0_method(calibration) if "Q4_0" in cfg.quantizations else None),
                    out / "README.md")
-        stats = {"merge_max_abs_logit_diff": merge_diff, "files": files}
+        stats = {"merge_max_abs_logit_diff": merge_diff, "merge_check_prompts": merge_prompts, "files": files}
         write_json(stats, out / "export.json")
         if failures:
             raise StageError("export verification failed: " + "; ".join(failures),
@@ -299,7 +395,7 @@ class ExportStage(Stage[ExportConfig]):
             "q4_calibration_tokens": calibration["tokens"]}
         return {"merge_max_abs_logit_diff": merge_diff, "verify_on": cfg.verify_on, **calibration_stats,
                 **{f"{f['file']}:top1": round(f["gated_top1"], 4) for f in files},
-                **{f"{f['file']}:answer_top1_tie_aware": round(f["verify"]["top1_agreement_tie_aware"], 4) for f in files}}
+                **{f"{f['file']}:answer_top1_tie_aware": round(f["verify"]["answer_top1_agreement_tie_aware"], 4) for f in files}}
 
     def summary(self, stats):
         return [(k, str(v)) for k, v in stats.items() if ":top1" in k or k.startswith("q4_calibration")]

@@ -113,11 +113,12 @@ def main() -> None:
                                                               if not isinstance(v, (dict, list))})[:400])
     print("total", round(time.perf_counter() - t_all, 1), "s", timings)
     export = json.loads(next(by_name["export"].dir.rglob("export.json")).read_text())
-    print("file | positions | strict | tie-aware | prompt-end strict/tie-aware (n) | max abs diff | merged p(top-1)")
+    print("file | positions | strict | tie-aware | prompt-end strict/tie-aware (n) [95 % interval] | max abs diff | merged p(top-1)")
     for f in export["files"]:
         v = f["verify"]
-        print(f"{f['file']} | {v['positions']} | {v['top1_agreement']:.4f} | {v['top1_agreement_tie_aware']:.4f} | "
-              f"{v['prompt_end_top1_agreement']:.3f}/{v['prompt_end_top1_agreement_tie_aware']:.3f} ({v['prompts']}) | "
+        print(f"{f['file']} | {v['positions']} | {v['answer_top1_agreement']:.4f} | {v['answer_top1_agreement_tie_aware']:.4f} | "
+              f"{v['prompt_end_top1_agreement']:.3f}/{v['prompt_end_top1_agreement_tie_aware']:.3f} ({v['prompts']}) "
+              f"[{v['prompt_end_tie_aware_ci95'][0]:.3f}-{v['prompt_end_tie_aware_ci95'][1]:.3f}] | "
               f"{v['max_abs_logit_diff']:.3f} | {v['reference_median_top1_prob']:.3f} | {'PASS' if f['passed'] else 'FAIL'}")
 
 

@@ -15,6 +15,7 @@ conversations it is then compared on, an upper bound for any activation-calibrat
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -31,6 +32,9 @@ def main() -> None:
     ap.add_argument("--tie-tolerance", type=float, default=0.1)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--calibration-rows", type=int, default=128, help="train-split rows of the GPTQ calibration")
+    ap.add_argument("--logits-memory-mb", type=int, default=2048,
+                    help="reference logits kept in memory (beyond it they are recomputed; a 262k vocabulary takes ~150 MB a conversation)")
+    ap.add_argument("--variants", default="Q8_0,Q4_0,Q4_0-gptq", help="comma-separated: Q8_0, Q4_0 (round-to-nearest), Q4_0-gptq")
     ap.add_argument("--damp", type=float, default=0.01, help="GPTQ damping")
     ap.add_argument("--calibrate-on", choices=["train", "heldout"], default="train",
                     help="GPTQ calibration rows: the train split (as the export), or the compared held-out rows (diagnostic)")
@@ -40,7 +44,7 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from train.export import all_logits, compare_logits, heldout_conversations, verification_inputs
+    from train.export import ReferenceLogits, heldout_conversations, verification_inputs, verify_model
     from train.gguf_export import quantize_q4_0
     from train.inputs import load_tokenizer
     from train.q4_calibrate import calibrate_q4_0, calibration_sequences
@@ -50,17 +54,20 @@ def main() -> None:
     model = AutoModelForCausalLM.from_pretrained(str(args.merged), dtype=torch.float32).eval()
     tokenizer = load_tokenizer(args.merged)
     items = verification_inputs(tokenizer, heldout_conversations(args.dataset, limit=args.prompts))
-    reference = all_logits(model, items)
+    # the unrounded model stays loaded as the reference; its logits are kept up to --logits-memory-mb
+    reference = ReferenceLogits(copy.deepcopy(model), items, budget_bytes=args.logits_memory_mb << 20)
     original = {n: p.data.clone() for n, p in model.named_parameters() if p.ndim == 2}
 
     def roundtrip(w: torch.Tensor, q) -> torch.Tensor:
         raw = quantize_q4_0(w.numpy()) if q == Q.Q4_0 else gguf.quants.quantize(w.numpy(), q)
         return torch.from_numpy(gguf.quants.dequantize(raw, q).reshape(w.shape).copy())
 
-    keys = ("prompts", "prompt_end_top1_agreement", "prompt_end_top1_agreement_tie_aware", "positions",
-            "top1_agreement", "top1_agreement_tie_aware", "max_abs_logit_diff", "mean_cosine",
+    keys = ("prompts", "prompt_end_top1_agreement", "prompt_end_top1_agreement_tie_aware", "prompt_end_tie_aware_ci95", "positions",
+            "answer_top1_agreement", "answer_top1_agreement_tie_aware", "max_abs_logit_diff", "mean_cosine",
             "reference_median_top1_prob")
-    for name, qtype in (("Q8_0", Q.Q8_0), ("Q4_0", Q.Q4_0), ("Q4_0-gptq", Q.Q4_0)):
+    variants = {"Q8_0": Q.Q8_0, "Q4_0": Q.Q4_0, "Q4_0-gptq": Q.Q4_0}
+    for name in args.variants.split(","):
+        qtype = variants[name]
         t0 = time.perf_counter()
         calibrated = {}
         if name == "Q4_0-gptq":
@@ -79,8 +86,8 @@ def main() -> None:
                 elif n in original:
                     embed = "embed_tokens" in n or "lm_head" in n
                     p.copy_(roundtrip(original[n], Q.Q8_0 if embed else qtype))
-        r = compare_logits(reference, all_logits(model, items), items, tie_tolerance=args.tie_tolerance)
-        print(name, f"{time.perf_counter() - t0:.0f} s", json.dumps({k: round(r[k], 4) for k in keys}), flush=True)
+        r = verify_model(reference, model, tie_tolerance=args.tie_tolerance)
+        print(name, f"{time.perf_counter() - t0:.0f} s", json.dumps({k: [round(x, 4) for x in r[k]] if isinstance(r[k], list) else round(r[k], 4) for k in keys}), flush=True)
 
 
 if __name__ == "__main__":

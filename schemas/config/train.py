@@ -220,6 +220,12 @@ class ExportConfig(StageConfig):
         "of the merged model itself), the pick counts as agreeing in the gated number. 0 = strict.",
     )
     parity_samples: int = Field(16, ge=1, le=10_000, description="Conversations rendered for the chat-template parity gate.")
+    logits_memory_mb: int = Field(
+        1024, ge=0, le=1_000_000,
+        description="Memory for the merged model's held-out logits, kept between the files' comparisons; conversations "
+        "beyond it are run through the merged model again for each file (slower, same result). Logits take tokens x "
+        "vocabulary x 4 bytes: 64 conversations of 150 tokens are 39 MB with a 1k vocabulary, 10 GB with Gemma's 262k.",
+    )
     q4_calibration: Literal["gptq", "none"] = Field(
         "gptq",
         description="How the Q4_0 file's decoder-layer weights are rounded (the format is the same either way). "
