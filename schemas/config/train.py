@@ -212,7 +212,8 @@ class ExportConfig(StageConfig):
         description="Minimum top-1 agreement (0-1) with the merged model per file, on the positions 'verify_on' names, "
         "tie-aware (see tie_tolerance; the strict number is reported too). How far a file can agree depends on the "
         "model as much as on the file: a flat model has many near-equal top-2 logits that 4-bit rounding reorders "
-        "(see docs/train.md, 'Verify').",
+        "(see docs/train.md, 'Verify'). It is a proportion of a sample: one flip costs 1/n, so below 34 held-out "
+        "prompts a 0.97 gate allows none; the card and export.json give each figure's 95 % interval.",
     )
     tie_tolerance: float = Field(
         0.1, ge=0, le=10,
