@@ -73,27 +73,30 @@ def logits_bytes(item: dict[str, Any], vocab_size: int) -> int:
     return len(item["input_ids"]) * vocab_size * 4
 
 
+def leading_fit(model, items: list[dict[str, Any]], *, budget_bytes: int) -> int:
+    """How many of the first ``items`` have logits that fit in ``budget_bytes`` together."""
+    vocab = int(model.get_output_embeddings().weight.shape[0])
+    used = 0
+    for n, it in enumerate(items):
+        used += logits_bytes(it, vocab)
+        if used > budget_bytes:
+            return n
+    return len(items)
+
+
 class ReferenceLogits:
-    """The reference model's logits per conversation, kept while they fit in ``budget_bytes`` and computed
-    again on each later request. A 262k-token vocabulary (Gemma) makes one 150-token conversation's logits
+    """The reference model's logits per conversation, the first ones kept while they fit in
+    ``budget_bytes``, the rest computed again on each pass over them. A 262k-token vocabulary (Gemma) makes one 150-token conversation's logits
     157 MB, so 64 held-out prompts would be 10 GB if all were kept."""
 
     def __init__(self, model, items: list[dict[str, Any]], *, budget_bytes: int):
         self.model, self.items = model, items
-        vocab = int(model.get_output_embeddings().weight.shape[0])
-        self.cached: dict[int, Any] = {}
-        used = 0
-        for i, it in enumerate(items):
-            used += logits_bytes(it, vocab)
-            if used > budget_bytes:
-                break
-            self.cached[i] = item_logits(model, it)
+        self.cached = [item_logits(model, it) for it in items[:leading_fit(model, items, budget_bytes=budget_bytes)]]
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> Any:
-        return self.cached[i] if i in self.cached else item_logits(self.model, self.items[i])
+    def __iter__(self):
+        yield from self.cached
+        for it in self.items[len(self.cached):]:
+            yield item_logits(self.model, it)
 
 
 def wilson_interval(successes: int, n: int, *, z: float = 1.96) -> tuple[float, float]:
@@ -156,7 +159,7 @@ class LogitComparison:
                 "positions": c["answer"][1], "tie_tolerance": self.tie_tolerance,
                 "answer_tie_aware_ci95": list(wilson_interval(*c["answer_tie"])),
                 "prompt_end_top1_agreement": rate["next"], "prompt_end_top1_agreement_tie_aware": rate["next_tie"],
-                "prompts": c["next"][1], "prompt_end_tie_aware_agreeing": c["next_tie"][0],
+                "prompts": c["next"][1],
                 "prompt_end_tie_aware_ci95": list(wilson_interval(*c["next_tie"])),
                 "all_positions_top1_agreement": rate["all"], "all_positions": c["all"][1],
                 "max_abs_logit_diff": self.max_abs, "mean_abs_logit_diff": self.sum_abs / max(self.n_vals, 1),
@@ -166,19 +169,17 @@ class LogitComparison:
 
 
 def compare_logits(reference, candidate, items: list[dict[str, Any]], *, tie_tolerance: float = 0.0) -> dict[str, Any]:
-    """``LogitComparison`` over sequences of logits (lists, or a ``ReferenceLogits``)."""
+    """``LogitComparison`` over iterables of logits (lists, a ``ReferenceLogits``, generators), pair by pair."""
     stats = LogitComparison(tie_tolerance=tie_tolerance)
-    for i, it in enumerate(items):
-        stats.add(reference[i], candidate[i], it)
+    for a, b, it in zip(reference, candidate, items):
+        stats.add(a, b, it)
     return stats.result()
 
 
 def verify_model(reference: ReferenceLogits, model, *, tie_tolerance: float) -> dict[str, Any]:
     """Compare ``model`` with the reference on the reference's conversations, one at a time."""
-    stats = LogitComparison(tie_tolerance=tie_tolerance)
-    for i, it in enumerate(reference.items):
-        stats.add(reference[i], item_logits(model, it), it)
-    return stats.result()
+    candidate = (item_logits(model, it) for it in reference.items)
+    return compare_logits(reference, candidate, reference.items, tie_tolerance=tie_tolerance)
 
 
 def merge_adapter(base_dir: Path, adapter: Path, probe: list[dict[str, Any]], *,
@@ -187,13 +188,7 @@ def merge_adapter(base_dir: Path, adapter: Path, probe: list[dict[str, Any]], *,
     many ``probe`` conversations that was measured (the first ones whose logits fit in ``budget_bytes``, at
     least one: the adapter-applied logits must be kept until the merge is done)."""
     peft_model = load_model(base_dir, adapter=adapter)
-    vocab = int(peft_model.get_output_embeddings().weight.shape[0])
-    n, used = 0, 0
-    for it in probe:
-        used += logits_bytes(it, vocab)
-        if n and used > budget_bytes:
-            break
-        n += 1
+    n = max(1, leading_fit(peft_model, probe, budget_bytes=budget_bytes))
     before = all_logits(peft_model, probe[:n])
     merged = peft_model.merge_and_unload().eval()
     return merged, max(float((b - item_logits(merged, it)).abs().max()) for b, it in zip(before, probe[:n])), n
