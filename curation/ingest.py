@@ -25,7 +25,7 @@ from typing import Any
 import pyarrow as pa
 
 from schemas.arrow import DOCUMENTS, QUARANTINE, decisions, quarantine
-from schemas.config.curation import IngestConfig
+from curation.config import IngestConfig
 from schemas.errors import ConfigError
 from schemas.ids import content_hash, doc_id
 from schemas.stage import ShardResult, Stage, StageContext

@@ -8,7 +8,7 @@ import unicodedata
 import pyarrow as pa
 
 from schemas.arrow import decisions
-from schemas.config.curation import NormalizeConfig
+from curation.config import NormalizeConfig
 from schemas.stage import ShardResult, Stage, StageContext
 
 _CONTROL = re.compile(r"[\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f-\u009f\u200b-\u200f\u2028\u2029\u202a-\u202e\u2060-\u2064\ufeff]")

@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 import pyarrow as pa
 
 from schemas.arrow import decisions
-from schemas.config.curation import FilterConfig, ScoreConfig
+from curation.config import FilterConfig, ScoreConfig
 from schemas.stage import ShardResult, Stage, StageContext
 
 STOPWORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})  # Gopher's list

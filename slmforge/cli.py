@@ -77,7 +77,7 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-stage tables."),
 ) -> None:
     """Run a recipe: check the whole chain first, then each stage (cached stages are skipped)."""
-    from schemas.config import load_recipe
+    from slmforge.stages import load_recipe
     from slmforge.report import RichReporter, run_table
     from slmforge.runner import run_recipe
 
@@ -117,7 +117,7 @@ def ingest(
     workers: int = typer.Option(1, help="Worker processes."),
 ) -> None:
     """Read raw files into documents with stable ids; bad files are quarantined, not fatal."""
-    from schemas.config.curation import IngestConfig
+    from curation.config import IngestConfig
     from slmforge.report import RichReporter
     from slmforge.runner import run_step
 
@@ -140,8 +140,8 @@ def filter_cmd(
     import pyarrow.parquet as pq
 
     from curation.quality import SCORE_COLUMNS
-    from schemas.config.base import parse_stage
-    from schemas.config.curation import ScoreConfig
+    from slmforge.stages import parse_stage
+    from curation.config import ScoreConfig
     from slmforge.report import RichReporter
     from slmforge.runner import run_step
 
@@ -172,12 +172,12 @@ def dedup(
 
     t0 = time.perf_counter()
     if exact:
-        from curation.exact_dedup import dedup_file
+        from curation.dedup.exact import dedup_file
 
         stats = run_with_errors(dedup_file, input, output)
     else:
-        from curation.near_dedup import dedup_file as near_dedup_file
-        from schemas.config.dedup import NearDedupConfig
+        from curation.dedup.near import dedup_file as near_dedup_file
+        from curation.dedup.config import NearDedupConfig
 
         cfg = NearDedupConfig(threshold=threshold, num_perm=num_perm, ngram=ngram)
         stats = run_with_errors(near_dedup_file, input, output, config=cfg, workers=workers)

@@ -74,7 +74,7 @@ def status(workspace: str = typer.Option("argilla", help="Argilla workspace.")) 
 def _stage_config(path: Path, kind: str):
     import yaml
 
-    from schemas.config.annotate import AnnotateConfig, AnnotateMergeConfig
+    from curation.annotate.config import AnnotateConfig, AnnotateMergeConfig
 
     data = yaml.safe_load(path.read_text())
     model = AnnotateConfig if kind == "annotate" else AnnotateMergeConfig
@@ -117,7 +117,7 @@ def pull(inputs: list[Path] = typer.Argument(..., help="The rows that were pushe
     """Merge submitted answers: drop rejected rows, apply corrections (origin=annotated), report agreement."""
     from curation.annotate.merge import agreement
     from curation.annotate.stage import AnnotateMergeStage
-    from schemas.config.annotate import AnnotateMergeConfig
+    from curation.annotate.config import AnnotateMergeConfig
     from schemas.errors import SlmforgeError
     from schemas.io import write_json, write_parquet
 

@@ -10,7 +10,7 @@ pii_app = typer.Typer(help="Find and scrub PII and secrets in a documents Parque
 
 
 def _config(mode: str, anonymize: str, threshold: float, workers: int, entities: str | None):
-    from schemas.config.pii import PiiConfig
+    from curation.pii.config import PiiConfig
 
     kw = dict(mode=mode, anonymize=anonymize, score_threshold=threshold, workers=workers)
     if entities:

@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         """Run a recipe up to and including its synth step: chunks -> judged, filtered examples."""
         from rich.console import Console
 
-        from schemas.config import load_recipe
+        from slmforge.stages import load_recipe
         from schemas.errors import ConfigError
         from slmforge.cli import run_with_errors
         from slmforge.report import RichReporter, run_table

@@ -30,10 +30,7 @@ def _sets(values: list[str] | None) -> dict[str, Any]:
 
 def run_artifact(stage_type: str, fields: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, Any]:
     """Validate the config, run the artifact stage into ``out`` (resumable state in ``out/_work``)."""
-    import importlib
-
-    from schemas.config import parse_stage
-    from schemas.config.base import STAGE_CONFIGS
+    from slmforge.stages import load_stage, parse_stage
     from schemas.errors import ConfigError
     from schemas.io import write_json
     from schemas.stage import StageContext
@@ -44,8 +41,7 @@ def run_artifact(stage_type: str, fields: dict[str, Any], inputs: dict[str, Path
                               fix="pass an existing folder (or Parquet file for --dataset)")
     config = parse_stage({"stage": stage_type, **{k: v for k, v in fields.items() if v is not None}},
                          where=f"slmforge {stage_type}")
-    module, cls = STAGE_CONFIGS[stage_type].impl.split(":")
-    stage = getattr(importlib.import_module(module), cls)(config)
+    stage = load_stage(config)
     out = Path(out)
     (out / "_work").mkdir(parents=True, exist_ok=True)
     ctx = StageContext(stage_dir=out, work_dir=out / "_work", step=stage_type, inputs=inputs, out_dir=out)

@@ -84,13 +84,14 @@ def model_table(model) -> list[str]:
 
 
 def render() -> str:
-    import schemas.config as cfg
+    from schemas.config import Recipe
+    from slmforge.stages import STAGES, config_models
 
     out = [HEADER, "## Top level", ""]
-    out += model_table(cfg.Recipe)
+    out += model_table(Recipe)
     out.append("")
-    for stage, model in sorted(cfg.STAGE_CONFIGS.items(), key=lambda kv: (kv[1].__module__, kv[0])):
-        out += _model_section(f"## `stage: {stage}`", model, impl=model.impl)
+    for stage, model in sorted(config_models().items(), key=lambda kv: (kv[1].__module__, kv[0])):
+        out += _model_section(f"## `stage: {stage}`", model, impl=STAGES[stage].impl)
         for path, sub in nested_models(model):
             out += _model_section(f"### `{path}` ({sub.__name__})", sub)
     return "\n".join(out)

@@ -11,7 +11,7 @@ byte-identical to a local run, and markers make a Ray run resumable by a local r
 shared storage, and Ray Data's fixed cost per execution dominated on small clusters; docs/ray.md.)
 
 Global stages compute their cross-shard state (``prepare``) in one Ray task, then map shards —
-except ``near_dedup``, whose ``prepare`` runs Ray-native (:mod:`curation.near_dedup_ray`:
+except ``near_dedup``, whose ``prepare`` runs Ray-native (:mod:`curation.dedup.near_ray`:
 signatures and band grouping as a hash shuffle of Ray tasks, distributed verification,
 connected components on the driver or with a large-star/small-star loop) and writes the same
 cluster file;
@@ -103,7 +103,7 @@ class RayExecutor:
     the verified pairs: ``driver`` (collect the edges, label them on the driver), ``large_star``
     (distributed large-star/small-star loop, for edge lists that do not fit on the driver),
     ``auto`` (driver up to ``near_dedup_edge_limit`` candidate pairs, default
-    ``curation.near_dedup_ray.DRIVER_EDGE_LIMIT``), or ``task`` (no Ray-native
+    ``curation.dedup.near_ray.DRIVER_EDGE_LIMIT``), or ``task`` (no Ray-native
     near-dup: the stage's local ``prepare`` in one Ray task). Default: the environment variable
     ``SLMFORGE_RAY_NEAR_DEDUP_COMPONENTS``, else ``auto``. Every choice writes the same files.
     """
@@ -263,7 +263,7 @@ class RayExecutor:
         """Global state: Ray-native for near_dedup, else the stage's ``prepare`` in one Ray task.
         Returns a timing breakdown (seconds) for the report."""
         if self.near_dedup_components != "task" and _is_near_dedup(step.stage):
-            from curation.near_dedup_ray import DRIVER_EDGE_LIMIT, prepare_on_ray
+            from curation.dedup.near_ray import DRIVER_EDGE_LIMIT, prepare_on_ray
 
             limit = self.near_dedup_edge_limit if self.near_dedup_edge_limit is not None else DRIVER_EDGE_LIMIT
             stats, timing = prepare_on_ray(step.stage, items, ctx, workers=self.workers,
@@ -362,7 +362,7 @@ def _end_autoscaler_monitor(ray: Any) -> None:
 
 def _is_near_dedup(stage: Any) -> bool:
     try:
-        from curation.near_dedup import NearDedupStage
+        from curation.dedup.near import NearDedupStage
     except ImportError:  # pragma: no cover
         return False
     return isinstance(stage, NearDedupStage)

@@ -18,7 +18,6 @@ stage is deterministic per shard, the final files are identical to an uninterrup
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shutil
@@ -32,11 +31,12 @@ from typing import Any, Protocol
 import pyarrow as pa
 
 from schemas.arrow import DECISIONS, QUARANTINE, columns, validate
-from schemas.config.base import Recipe, StageConfig
+from schemas.config import Recipe, StageConfig
 from schemas.errors import ConfigError, SchemaError, StageError
 from schemas.fingerprint import fingerprint
 from schemas.io import read_parquet, write_json, write_parquet, write_parquet_batches
 from schemas.stage import ShardResult, Stage, StageContext, no_progress
+from slmforge.stages import load_stage
 
 SUCCESS = "_SUCCESS"
 
@@ -77,22 +77,6 @@ class Step:
     @property
     def kind(self) -> str:
         return self.stage.kind
-
-
-def load_stage(config: StageConfig) -> Stage:
-    impl = type(config).impl
-    if not impl or ":" not in impl:
-        raise ConfigError(f"stage type '{config.stage}' has no implementation registered",
-                          fix="set impl = 'package.module:Class' on its config model")
-    module, cls = impl.split(":")
-    try:
-        mod = importlib.import_module(module)
-    except ImportError as exc:
-        raise ConfigError(
-            f"stage '{config.stage}' needs {module}, which failed to import: {exc}",
-            fix="install the extra that provides it, e.g. pip install 'slmforge[all]'",
-        ) from exc
-    return getattr(mod, cls)(config)
 
 
 def plan(recipe: Recipe) -> list[Step]:

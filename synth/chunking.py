@@ -12,7 +12,7 @@ from collections import Counter
 import pyarrow as pa
 
 from schemas.arrow import CHUNKS, decisions
-from schemas.config.synth import ChunkConfig
+from synth.config import ChunkConfig
 from schemas.ids import derived_id
 from schemas.stage import ShardResult, Stage, StageContext
 

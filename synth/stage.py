@@ -30,7 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.arrow import CHUNKS, EXAMPLES, columns, decisions, quarantine
-from schemas.config.synth import SynthConfig
+from synth.config import SynthConfig
 from schemas.errors import ConfigError
 from schemas.ids import derived_id
 from schemas.stage import ShardResult, Stage, StageContext
@@ -169,7 +169,7 @@ class SynthStage(Stage[SynthConfig]):
         if not self.config.scan_pii or not prompts:
             return set()
         from curation.pii import find_pii
-        from schemas.config.pii import PiiConfig
+        from curation.pii.config import PiiConfig
 
         texts = ["\n".join(m["content"] for m in p) for p in prompts]
         hits = find_pii(texts, config=PiiConfig(mode=self.config.pii_mode))
@@ -451,7 +451,7 @@ class SynthStage(Stage[SynthConfig]):
         qcfg = None
         if cfg.quality:
             from curation.quality import RULES
-            from schemas.config.curation import FilterConfig
+            from curation.config import FilterConfig
 
             qcfg = FilterConfig.model_validate({"stage": "filter", **{k: None for k in RULES}, **cfg.quality})
         for r in rows:
@@ -481,7 +481,7 @@ class SynthStage(Stage[SynthConfig]):
                     reason[r["id"]] = (f"quality:{failed[0][0]}", float(failed[0][1]))
         if cfg.scan_pii:
             from curation.pii import find_pii
-            from schemas.config.pii import PiiConfig
+            from curation.pii.config import PiiConfig
 
             alive = [r for r in rows if r["id"] not in reason]
             hits = find_pii(["\n".join(m["content"] for m in r["messages"]) for r in alive],
@@ -495,8 +495,8 @@ class SynthStage(Stage[SynthConfig]):
         for s in cfg.existing_steps:
             existing += existing_answers(Path(ctx.inputs[s]))
         if cfg.dedup_threshold is not None and len(alive) + len(existing) > 1 and alive:
-            from curation.near_dedup import cluster_texts
-            from schemas.config.dedup import NearDedupConfig
+            from curation.dedup.near import cluster_texts
+            from curation.dedup.config import NearDedupConfig
 
             # keyed on the answer: the same quoted passage under a differently worded question adds nothing
             ex_ids = [f"existing:{i}" for i in range(len(existing))]

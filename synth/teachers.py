@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from schemas.config.synth import TeacherConfig
+from synth.config import TeacherConfig
 from schemas.errors import ConfigError, require
 
 #: a placeholder key for local servers that ignore it (the OpenAI client refuses to start without one)

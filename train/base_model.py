@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from schemas.config.train import BaseModelConfig, TinyModelConfig
+from train.config import BaseModelConfig, TinyModelConfig
 from schemas.errors import ConfigError, require
 from schemas.io import read_parquet_dir
 from schemas.stage import Stage, StageContext

@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from schemas.arrow import EXAMPLES, MESSAGE, conform, decisions, quarantine
-from schemas.config.train import DatasetConfig
+from train.config import DatasetConfig
 from schemas.io import read_parquet, write_parquet
 from schemas.stage import ShardResult, Stage, StageContext
 

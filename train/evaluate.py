@@ -15,7 +15,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from schemas.config.train import EvalConfig
+from train.config import EvalConfig
 from schemas.errors import StageError
 from schemas.io import write_json, write_text
 from schemas.stage import Stage, StageContext

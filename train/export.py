@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from schemas.config.train import ExportConfig
+from train.config import ExportConfig
 from schemas.errors import StageError
 from schemas.io import write_json, write_text
 from schemas.stage import Stage, StageContext

@@ -16,7 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from schemas.config.train import TrainConfig
+from train.config import TrainConfig
 from schemas.errors import ConfigError, StageError, require
 from schemas.io import write_json
 from schemas.stage import Stage, StageContext

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Bench contender: ``--input docs.parquet --output result.parquet`` via curation.near_dedup.dedup_file."""
+"""Bench contender: ``--input docs.parquet --output result.parquet`` via curation.dedup.near.dedup_file."""
 import argparse
 import json
 import sys
@@ -7,8 +7,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from curation.near_dedup import dedup_file  # noqa: E402
-from schemas.config.dedup import NearDedupConfig  # noqa: E402
+from curation.dedup.near import dedup_file  # noqa: E402
+from curation.dedup.config import NearDedupConfig  # noqa: E402
 
 
 def main() -> None:

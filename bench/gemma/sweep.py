@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", help="configuration names (default: all)")
     args = ap.parse_args(argv)
 
-    from schemas.config.train import TrainConfig
+    from train.config import TrainConfig
     from schemas.stage import StageContext
     from train.inputs import load_model, load_tokenizer, read_examples
     from train.sft import TrainStage

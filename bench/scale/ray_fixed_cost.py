@@ -24,7 +24,7 @@ ENV = {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 def _imports(i: int) -> int:
     import curation.ingest  # noqa: F401
-    import curation.near_dedup_ray  # noqa: F401
+    import curation.dedup.near_ray  # noqa: F401
     import slmforge.runner  # noqa: F401
 
     return os.getpid()

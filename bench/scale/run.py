@@ -66,7 +66,7 @@ STAGES = ["normalize", "exact_dedup", "near_dedup"]
 
 
 def recipe(data: Path, ws: Path, *, executor: str, workers: int):
-    from schemas.config import recipe_from_dict
+    from slmforge.stages import recipe_from_dict
 
     return recipe_from_dict({
         "workspace": str(ws), "workers": workers, "executor": executor,

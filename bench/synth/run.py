@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from schemas.config.synth import TeacherConfig  # noqa: E402
+from synth.config import TeacherConfig  # noqa: E402
 from synth.teachers import Teacher  # noqa: E402
 from tests.synth.conftest import free_port, start_server  # noqa: E402
 
@@ -102,7 +102,7 @@ def main() -> None:
         stub.terminate()
 
     if not args.skip_serve:
-        from schemas.config.train import TinyModelConfig
+        from train.config import TinyModelConfig
         from train.base_model import build_tiny
 
         with tempfile.TemporaryDirectory() as tmp:

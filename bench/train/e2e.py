@@ -26,9 +26,10 @@ from pathlib import Path
 import pyarrow as pa
 
 from schemas.arrow import EXAMPLES
-from schemas.config import parse_stage
+from slmforge.stages import parse_stage
 from schemas.io import write_parquet
-from slmforge.runner import Step, execute, load_stage
+from slmforge.runner import Step, execute
+from slmforge.stages import load_stage
 
 ROOT = Path(__file__).resolve().parents[2]
 

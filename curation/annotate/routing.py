@@ -5,7 +5,7 @@ from __future__ import annotations
 import polars as pl
 import pyarrow as pa
 
-from schemas.config.annotate import RouteRule
+from curation.annotate.config import RouteRule
 from schemas.errors import SchemaError
 
 

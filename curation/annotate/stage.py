@@ -10,7 +10,7 @@ import pyarrow as pa
 
 from curation.annotate.merge import agreement, answers_table, merge
 from curation.annotate.routing import route
-from schemas.config.annotate import AnnotateConfig, AnnotateMergeConfig
+from curation.annotate.config import AnnotateConfig, AnnotateMergeConfig
 from schemas.io import read_parquet, read_parquet_dir, write_json, write_parquet
 from schemas.stage import ShardResult, Stage, StageContext
 

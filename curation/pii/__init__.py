@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from schemas.config.pii import PiiConfig
+from curation.pii.config import PiiConfig
 
 __all__ = ["PiiConfig", "find_pii", "scrub_texts"]
 

@@ -7,7 +7,7 @@ import hmac
 import os
 import re
 
-from schemas.config.pii import PiiConfig
+from curation.pii.config import PiiConfig
 from schemas.errors import ConfigError
 
 

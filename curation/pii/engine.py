@@ -6,7 +6,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from schemas.config.pii import SECRET_ENTITIES, PiiConfig
+from curation.pii.config import SECRET_ENTITIES, PiiConfig
 from schemas.errors import ConfigError, require
 
 NER_ENTITIES = {"PERSON", "LOCATION", "DATE_TIME"}

@@ -8,7 +8,7 @@ from typing import ClassVar
 import pyarrow as pa
 
 from schemas.arrow import decisions, quarantine
-from schemas.config.pii import PiiConfig
+from curation.pii.config import PiiConfig
 from schemas.stage import ShardResult, Stage, StageContext
 
 

@@ -11,7 +11,7 @@ import pytest
 from curation.annotate.client import progress
 from curation.annotate.merge import agreement
 from curation.annotate.stage import AnnotateMergeStage, AnnotateStage
-from schemas.config.annotate import AnnotateConfig, AnnotateMergeConfig
+from curation.annotate.config import AnnotateConfig, AnnotateMergeConfig
 
 pytestmark = pytest.mark.argilla
 

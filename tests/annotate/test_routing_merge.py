@@ -10,7 +10,7 @@ import pytest
 from curation.annotate.agreement import cohen_kappa, krippendorff_alpha_nominal
 from curation.annotate.merge import agreement, answers_table, merge
 from curation.annotate.routing import route
-from schemas.config.annotate import AnnotateConfig, RouteRule
+from curation.annotate.config import AnnotateConfig, RouteRule
 from schemas.errors import ConfigError, SchemaError
 
 

@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from curation.annotate.stage import AnnotateStage
-from schemas.config.annotate import AnnotateConfig
+from curation.annotate.config import AnnotateConfig
 
 pytestmark = [pytest.mark.argilla, pytest.mark.browser]
 

@@ -2,10 +2,11 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from curation.exact_dedup import ExactDedupStage, cluster_batches
+from curation.dedup.exact import ExactDedupStage, cluster_batches
 from curation.normalize import NormalizeStage, normalize_text
 from curation.quality import FilterStage, ScoreStage, compute_scores, keep_mask, score_text
-from schemas.config.curation import ExactDedupConfig, FilterConfig, NormalizeConfig, ScoreConfig
+from curation.config import FilterConfig, NormalizeConfig, ScoreConfig
+from curation.dedup.config import ExactDedupConfig
 from schemas.stage import StageContext
 
 GOOD = (

@@ -5,7 +5,7 @@ import pytest
 
 from curation.ingest import IngestStage, discover, ingest_paths
 from schemas.arrow import DOCUMENTS
-from schemas.config.curation import IngestConfig
+from curation.config import IngestConfig
 from schemas.stage import StageContext
 from tests.helpers import make_corpus
 

@@ -18,4 +18,4 @@ def test_wheel_holds_exactly_the_five_packages(tmp_path):
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == EXPECTED
     assert not any(n.startswith(("tests/", "data/", "bench/")) for n in names)
-    assert "schemas/config/base.py" in names  # sub-packages are included
+    assert "curation/dedup/near.py" in names  # sub-packages are included

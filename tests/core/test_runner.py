@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from schemas.config import recipe_from_dict
+from slmforge.stages import recipe_from_dict
 from schemas.errors import ConfigError, SchemaError, StageError
 from slmforge.runner import run_recipe
 from tests.core.conftest import ROOT, cli, parquet_bytes, recipe_dict, write_recipe

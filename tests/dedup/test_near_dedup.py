@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.near_dedup import (
+from curation.dedup.near import (
     CLUSTERS_FILE,
     NearDedupStage,
     cluster_texts,
@@ -19,8 +19,8 @@ from curation.near_dedup import (
     shingle_hashes,
     signatures,
 )
-from schemas.config.base import parse_stage
-from schemas.config.dedup import NearDedupConfig
+from slmforge.stages import parse_stage
+from curation.dedup.config import NearDedupConfig
 from schemas.errors import ConfigError
 from schemas.stage import StageContext
 
@@ -185,7 +185,7 @@ def test_signatures_of_many_documents_match_datasketch_for_any_block_size():
 
 def test_candidate_pairs_match_brute_force():
     """Bucket grouping (all pairs up to max_group members, a chain above) equals a plain loop."""
-    from curation.near_dedup import _candidate_pairs
+    from curation.dedup.near import _candidate_pairs
 
     rng = np.random.default_rng(3)
     n = 400
@@ -224,7 +224,7 @@ def test_recorded_jaccard_is_exact(tmp_path):
     spill = tmp_path / "spill"
     spill.mkdir()
     cfg = NearDedupConfig(representative="earliest", spill_dir=spill)
-    from curation.near_dedup import cluster_batches
+    from curation.dedup.near import cluster_batches
 
     tbl = pa.table({"id": ids, "text": texts})
     table, stats = cluster_batches(lambda: tbl.to_batches(max_chunksize=4), config=cfg, workers=2, spill_dir=spill)
@@ -248,7 +248,7 @@ def test_word_split_equals_polars_regex():
     combining marks, non-ASCII spaces and punctuation, CJK, emoji, numerals, joiners, nulls."""
     import polars as pl
 
-    from curation.near_dedup import _WORD_SEED, _word_hashes
+    from curation.dedup.near import _WORD_SEED, _word_hashes
 
     texts = ["ΣΑΣ σας", "Kelvin \u212a K", "e\u0301te\u0301 café", "a\u00a0b\u2003c", "x²y ½ ٣ Ⅻ", "日本語テキスト、です。",
              "emoji 😀 ok😀ok", "tab\tnew\nline\r\n", "", None, "   ", "İstanbul ǅ ß ẞ", "_under_score__",

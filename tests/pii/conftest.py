@@ -7,7 +7,7 @@ pytest.importorskip("presidio_analyzer")
 def ner_config():
     """The NER config; the analyzer is cached per process, so the spaCy model loads once per session."""
     from curation.pii.engine import get_analyzer
-    from schemas.config.pii import PiiConfig
+    from curation.pii.config import PiiConfig
 
     cfg = PiiConfig()
     get_analyzer(cfg)

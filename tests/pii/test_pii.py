@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from curation.pii import find_pii, scrub_texts
-from schemas.config.pii import PiiConfig
+from curation.pii.config import PiiConfig
 from schemas.errors import ConfigError
 from schemas.stage import StageContext
 

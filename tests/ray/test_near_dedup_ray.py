@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from schemas.config import recipe_from_dict
+from slmforge.stages import recipe_from_dict
 from slmforge.runner import plan, run_recipe
 from tests.core.conftest import parquet_bytes
 
@@ -124,8 +124,8 @@ def test_large_star_labels_equal_union_find(ray_local):
     """The distributed loop alone on random graphs with long paths: labels = smallest member."""
     import ray
 
-    from curation.near_dedup import components
-    from curation.near_dedup_ray import _large_star_components
+    from curation.dedup.near import components
+    from curation.dedup.near_ray import _large_star_components
 
     rng = np.random.default_rng(3)
     n = 400

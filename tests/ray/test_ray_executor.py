@@ -5,7 +5,7 @@ import shutil
 
 import pytest
 
-from schemas.config import recipe_from_dict
+from slmforge.stages import recipe_from_dict
 from slmforge.runner import plan, run_recipe
 from tests.core.conftest import parquet_bytes, recipe_dict
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from schemas.config import recipe_from_dict
+from slmforge.stages import recipe_from_dict
 from slmforge.runner import run_recipe
 from tests.core.conftest import parquet_bytes, recipe_dict
 

@@ -3,7 +3,7 @@
 
 import pytest
 
-from schemas.config import recipe_from_dict
+from slmforge.stages import recipe_from_dict
 from slmforge.runner import run_recipe
 from tests.core.conftest import parquet_bytes, recipe_dict
 from tests.ray.conftest import OBJECT_STORE

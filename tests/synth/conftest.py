@@ -103,7 +103,7 @@ def teachers(tmp_path_factory):
     """{"random": folder, "trained": folder, "chunks": table, "pairs": [(prompt, reply)], "loss": float}."""
     import torch
 
-    from schemas.config.train import TinyModelConfig
+    from train.config import TinyModelConfig
     from train.base_model import build_tiny
 
     threads = torch.get_num_threads()

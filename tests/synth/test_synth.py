@@ -11,8 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from schemas.arrow import CHUNKS, DOCUMENTS, EXAMPLES, validate
-from schemas.config.base import parse_stage
-from schemas.config.synth import ChunkConfig, SynthConfig
+from slmforge.stages import parse_stage
+from synth.config import ChunkConfig, SynthConfig
 from schemas.errors import ConfigError
 from schemas.stage import StageContext
 from synth.chunking import ChunkStage, chunk_text

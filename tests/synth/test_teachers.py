@@ -15,7 +15,7 @@ import json
 import pytest
 
 from schemas.arrow import EXAMPLES, validate
-from schemas.config.synth import SynthConfig
+from synth.config import SynthConfig
 from schemas.stage import StageContext
 from synth.stage import SynthStage
 from synth.tasks import ParseError, parse_answer, parse_instructions, parse_judge, parse_qa

@@ -58,7 +58,7 @@ def documents_table() -> pa.Table:
 
 
 def build_dataset(root: Path, rows: list[dict] | None = None) -> Path:
-    from schemas.config.train import DatasetConfig
+    from train.config import DatasetConfig
     from train.dataset import DatasetStage
 
     table = pa.Table.from_pylist(rows or example_rows(), schema=EXAMPLES)
@@ -73,7 +73,7 @@ def build_dataset(root: Path, rows: list[dict] | None = None) -> Path:
 
 
 def build_base(root: Path, *, name: str = "base", architecture: str = "llama", **tiny) -> Path:
-    from schemas.config.train import BaseModelConfig
+    from train.config import BaseModelConfig
     from train.base_model import BaseModelStage
 
     docs = root / "docs"
@@ -87,7 +87,7 @@ def build_base(root: Path, *, name: str = "base", architecture: str = "llama", *
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """{root, dataset, base, train, train_stats}: a trained tiny LoRA model, built once per session."""
-    from schemas.config.train import TrainConfig
+    from train.config import TrainConfig
     from train.sft import TrainStage
 
     root = tmp_path_factory.mktemp("trainpipe")

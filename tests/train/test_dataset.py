@@ -5,7 +5,7 @@ from __future__ import annotations
 import pyarrow as pa
 
 from schemas.arrow import EXAMPLES
-from schemas.config.train import DatasetConfig
+from train.config import DatasetConfig
 from schemas.io import read_parquet_dir
 from tests.train.conftest import build_dataset, example_rows, make_ctx
 from train.dataset import DatasetStage, assign_splits, group_rows

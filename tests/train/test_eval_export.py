@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from schemas.config.train import EvalConfig, ExportConfig
+from train.config import EvalConfig, ExportConfig
 from schemas.errors import StageError
 from tests.train.conftest import make_ctx
 from train.evaluate import EvalStage, exact_match, rouge_l, token_f1

@@ -17,7 +17,7 @@ GEMMA_TINY = {"num_layers": 6, "num_heads": 2, "num_kv_heads": 1, "sliding_windo
 
 @pytest.fixture(scope="module")
 def gemma_export(tmp_path_factory):
-    from schemas.config.train import ExportConfig, TrainConfig
+    from train.config import ExportConfig, TrainConfig
     from train.export import ExportStage
     from train.sft import TrainStage
 

@@ -145,7 +145,7 @@ def test_calibrated_gguf_reloads_and_agrees_better_than_round_to_nearest(tuned, 
 def test_export_stage_calibrates_deterministically(tuned):
     """The export stage with the default q4_calibration writes byte-identical Q4_0 files on a rerun, reports
     the calibration in its stats and the model card, and fingerprints the options."""
-    from schemas.config.train import ExportConfig
+    from train.config import ExportConfig
     from train.export import ExportStage
 
     pipeline, root = tuned["pipeline"], tuned["root"]

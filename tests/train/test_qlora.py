@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.config.train import LORA_TARGETS, TrainConfig
+from train.config import LORA_TARGETS, TrainConfig
 from tests.train.conftest import make_ctx
 
 bnb = pytest.importorskip("bitsandbytes", reason="bitsandbytes==0.50.2 (train extra) is not installed")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from schemas.config import parse_stage
+from slmforge.stages import parse_stage
 from schemas.errors import ConfigError
 from tests.train.conftest import build_base, build_dataset
 
@@ -52,7 +52,7 @@ def test_base_model_needs_exactly_one_source():
 
 
 def test_base_model_from_a_local_folder_with_a_template_override(tmp_path):
-    from schemas.config.train import BaseModelConfig
+    from train.config import BaseModelConfig
     from tests.train.conftest import make_ctx
     from train.base_model import BaseModelStage
     from train.chat import CHATML_TEMPLATE, strip_generation_markers

@@ -7,7 +7,7 @@ import json
 import pyarrow as pa
 import pytest
 
-from schemas.config.train import TrainConfig
+from train.config import TrainConfig
 from schemas.errors import ConfigError
 from schemas.io import write_parquet
 from tests.train.conftest import make_ctx

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from schemas.config.train import TrainConfig
+from train.config import TrainConfig
 from schemas.errors import ConfigError
 from tests.train.conftest import make_ctx
 from train.sft import CPU_QLORA_WARNING, TrainStage, pack

@@ -1,12 +1,12 @@
-"""Stage configs of ingest, normalisation, quality scores/filters and exact dedup."""
+"""Stage configs of ingest, normalisation and quality scores/filters (exact and near dedup: curation/dedup/config.py)."""
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field
 
-from schemas.config.base import StageConfig, runtime
+from schemas.config import StageConfig, runtime
 
 FORMATS = ("txt", "md", "html", "pdf", "jsonl", "csv", "parquet")
 
@@ -14,7 +14,6 @@ FORMATS = ("txt", "md", "html", "pdf", "jsonl", "csv", "parquet")
 class IngestConfig(StageConfig):
     """Folders or globs of raw files -> DOCUMENTS rows with stable ids."""
 
-    impl: ClassVar[str] = "curation.ingest:IngestStage"
     stage: Literal["ingest"] = "ingest"
     paths: list[str] = Field(
         description="Folders (read recursively) or glob patterns of input files, relative to the working directory."
@@ -40,7 +39,6 @@ class IngestConfig(StageConfig):
 class NormalizeConfig(StageConfig):
     """Unicode + whitespace normalisation of the text column."""
 
-    impl: ClassVar[str] = "curation.normalize:NormalizeStage"
     stage: Literal["normalize"] = "normalize"
     unicode_form: Literal["NFC", "NFKC", "none"] = Field("NFKC", description="Unicode normal form applied to text.")
     strip_control: bool = Field(True, description="Remove control/format characters (zero-width, BOM, C0/C1).")
@@ -51,7 +49,6 @@ class NormalizeConfig(StageConfig):
 class ScoreConfig(StageConfig):
     """Compute heuristic quality scores as columns (q_*). Thresholds live in the 'filter' stage."""
 
-    impl: ClassVar[str] = "curation.quality:ScoreStage"
     stage: Literal["score"] = "score"
 
 
@@ -62,7 +59,6 @@ class FilterConfig(StageConfig):
     Technical corpora (commands, configs) usually need looser symbol/alpha/punctuation rules.
     """
 
-    impl: ClassVar[str] = "curation.quality:FilterStage"
     stage: Literal["filter"] = "filter"
     min_words: int | None = Field(50, ge=0, description="Minimum words per document (Gopher: 50).")
     max_words: int | None = Field(100_000, ge=1, description="Maximum words per document (Gopher: 100k).")
@@ -89,15 +85,3 @@ class FilterConfig(StageConfig):
         0.12, ge=0, le=1, description="Min share of lines ending in terminal punctuation (FineWeb: 0.12)."
     )
     max_short_line_ratio: float | None = Field(0.67, ge=0, le=1, description="Max share of lines under 30 chars (FineWeb: 0.67).")
-
-
-class ExactDedupConfig(StageConfig):
-    """Exact dedup on a hash of the normalised text; one representative per group."""
-
-    impl: ClassVar[str] = "curation.exact_dedup:ExactDedupStage"
-    stage: Literal["exact_dedup"] = "exact_dedup"
-    casefold: bool = Field(True, description="Compare texts case-insensitively.")
-    ignore_punctuation: bool = Field(False, description="Ignore punctuation when comparing texts.")
-    keep: Literal["first", "longest"] = Field(
-        "first", description="Representative of a group: the first in input order, or the longest text."
-    )

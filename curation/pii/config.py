@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 import re
 
 from pydantic import Field, model_validator
 
-from schemas.config.base import StageConfig, runtime
+from schemas.config import StageConfig, runtime
 
 #: the PII entities found by default (Presidio names)
 PII_ENTITIES = [
@@ -25,7 +25,6 @@ SECRET_ENTITIES = [
 class PiiConfig(StageConfig):
     """Find and replace PII and secrets in the ``text`` column (Presidio analyzer, tuned for technical text)."""
 
-    impl: ClassVar[str] = "curation.pii.stage:PiiStage"
 
     stage: Literal["pii"] = "pii"
     mode: Literal["ner", "patterns"] = Field(

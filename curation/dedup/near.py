@@ -40,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 
 from schemas.arrow import decisions
-from schemas.config.dedup import NearDedupConfig
+from curation.dedup.config import NearDedupConfig
 from schemas.errors import SchemaError
 from schemas.io import iter_parquet_batches, read_parquet, write_parquet
 from schemas.stage import ShardResult, Stage, StageContext

@@ -1,20 +1,30 @@
-"""Stage config of near-duplicate MinHash dedup (issue: near-dup). Registers itself by its `stage` literal."""
+"""Stage configs of exact dedup and near-duplicate MinHash dedup."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from schemas.config.base import StageConfig, runtime
+from schemas.config import StageConfig, runtime
 from schemas.errors import ConfigError
+
+
+class ExactDedupConfig(StageConfig):
+    """Exact dedup on a hash of the normalised text; one representative per group."""
+
+    stage: Literal["exact_dedup"] = "exact_dedup"
+    casefold: bool = Field(True, description="Compare texts case-insensitively.")
+    ignore_punctuation: bool = Field(False, description="Ignore punctuation when comparing texts.")
+    keep: Literal["first", "longest"] = Field(
+        "first", description="Representative of a group: the first in input order, or the longest text."
+    )
 
 
 class NearDedupConfig(StageConfig):
     """MinHash-LSH near-duplicate clustering; one representative per cluster is kept."""
 
-    impl: ClassVar[str] = "curation.near_dedup:NearDedupStage"
 
     stage: Literal["near_dedup"] = "near_dedup"
     ngram: int = Field(5, ge=1, le=32, description="Word n-gram size of a shingle (words: lowercased, punctuation -> space).")

@@ -1,4 +1,4 @@
-"""Near-duplicate clustering on Ray: the same clusters as :mod:`curation.near_dedup`, computed
+"""Near-duplicate clustering on Ray: the same clusters as :mod:`curation.dedup.near`, computed
 on a Ray cluster (waves of Ray tasks over object-store blocks) instead of one process.
 
 Used by the Ray executor for ``near_dedup`` (``slmforge/ray_executor.py``); it writes the stage's
@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.near_dedup import (
+from curation.dedup.near import (
     CLUSTERS_FILE,
     batch_bands,
     check_columns,
@@ -66,7 +66,7 @@ from curation.near_dedup import (
     read_sets,
     sorted_jaccard,
 )
-from schemas.config.dedup import NearDedupConfig
+from curation.dedup.config import NearDedupConfig
 from schemas.errors import ConfigError
 from schemas.io import write_parquet
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from schemas.config.base import StageConfig, Strict, runtime
+from schemas.config import StageConfig, Strict, runtime
 from schemas.errors import ConfigError
 
 
@@ -51,7 +51,6 @@ class AnnotateConfig(StageConfig):
     `slmforge annotate serve`; with neither it fails fast (it never waits for a human).
     """
 
-    impl: ClassVar[str] = "curation.annotate.stage:AnnotateStage"
 
     stage: Literal["annotate"] = "annotate"
     rules: list[RouteRule] = Field(description="Routing rules; a row may enter several queues.", min_length=1)
@@ -66,7 +65,6 @@ class AnnotateConfig(StageConfig):
 class AnnotateMergeConfig(StageConfig):
     """Merge submitted review answers back into the rows (drop rejected, apply corrections, origin=annotated)."""
 
-    impl: ClassVar[str] = "curation.annotate.stage:AnnotateMergeStage"
 
     stage: Literal["annotate_merge"] = "annotate_merge"
     queues: list[str] = Field(description="Queues (Argilla datasets) whose responses are merged.", min_length=1)

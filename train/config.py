@@ -6,11 +6,11 @@ Each class registers itself by its ``stage`` literal. Defaults are the usual LoR
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, model_validator
 
-from schemas.config.base import StageConfig, Strict, runtime
+from schemas.config import StageConfig, Strict, runtime
 from schemas.errors import ConfigError
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -26,7 +26,6 @@ class DatasetConfig(StageConfig):
     turn, empty content, unknown role) are quarantined.
     """
 
-    impl: ClassVar[str] = "train.dataset:DatasetStage"
     stage: Literal["dataset"] = "dataset"
     seed: int = Field(0, description="Seed of the split assignment (any integer).")
     validation_fraction: float = Field(0.1, ge=0, le=0.5, description="Share of source-document groups in validation, 0-0.5.")
@@ -81,7 +80,6 @@ class BaseModelConfig(StageConfig):
     tokenizer is trained on the text/messages of this step's inputs).
     """
 
-    impl: ClassVar[str] = "train.base_model:BaseModelStage"
     stage: Literal["base_model"] = "base_model"
     path: str | None = Field(None, description="Local Hugging Face model folder (config.json, weights, tokenizer).")
     tiny: TinyModelConfig | None = Field(None, description="Build a tiny model instead of reading 'path'.")
@@ -115,7 +113,6 @@ class TrainConfig(StageConfig):
     Inputs: a ``dataset`` step (EXAMPLES with split) and a ``base_model`` step.
     """
 
-    impl: ClassVar[str] = "train.sft:TrainStage"
     stage: Literal["train"] = "train"
     quantization: Literal["auto", "none", "nf4"] = Field(
         "auto",
@@ -172,7 +169,6 @@ class EvalConfig(StageConfig):
     Inputs: the ``dataset``, ``base_model`` and ``train`` steps.
     """
 
-    impl: ClassVar[str] = "train.evaluate:EvalStage"
     stage: Literal["eval"] = "eval"
     split: Literal["test", "validation"] = Field("test", description="Split evaluated.")
     max_examples: int = Field(64, ge=1, le=100_000, description="Evaluate at most this many rows of the split (first by id).")
@@ -190,7 +186,6 @@ class ExportConfig(StageConfig):
     verification fails the stage.
     """
 
-    impl: ClassVar[str] = "train.export:ExportStage"
     stage: Literal["export"] = "export"
     quantizations: list[Literal["F16", "Q8_0", "Q4_0"]] = Field(
         list(QUANTS), min_length=1, description="GGUF files to write (numpy quantisers of the gguf package)."

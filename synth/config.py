@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from schemas.config.base import StageConfig, Strict, runtime
+from schemas.config import StageConfig, Strict, runtime
 from schemas.errors import ConfigError
 
 
 class ChunkConfig(StageConfig):
     """DOCUMENTS -> CHUNKS: passages split at markdown headings / blank lines, with char spans."""
 
-    impl: ClassVar[str] = "synth.chunking:ChunkStage"
     stage: Literal["chunk"] = "chunk"
     max_chars: int = Field(1500, ge=100, le=100_000, description="Longest chunk, characters (paragraphs are packed up to this).")
     min_chars: int = Field(80, ge=1, le=10_000, description="Chunks shorter than this (characters) are dropped with a decision.")
@@ -83,7 +82,6 @@ DEFAULT_ANSWER_QUALITY: dict[str, float | None] = {"max_dup_5gram_frac": 0.5, "m
 class SynthConfig(StageConfig):
     """CHUNKS -> EXAMPLES (chat messages, origin=synthetic) with post-filters and decisions."""
 
-    impl: ClassVar[str] = "synth.stage:SynthStage"
     stage: Literal["synth"] = "synth"
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Which teacher writes the examples.")
     task: Literal["grounded_qa", "self_instruct", "evol_instruct"] = Field(
@@ -140,7 +138,7 @@ class SynthConfig(StageConfig):
     def _quality_rules(cls, v: dict[str, float | None] | None) -> dict[str, float | None] | None:
         if v is None:
             return v
-        from schemas.config.curation import FilterConfig
+        from curation.config import FilterConfig
 
         known = sorted(n for n in FilterConfig.model_fields if n.startswith(("min_", "max_")))
         bad = [k for k in v if k not in known]

@@ -15,7 +15,7 @@ import pyarrow.compute as pc
 
 from curation.normalize import dedup_key
 from schemas.arrow import decisions
-from schemas.config.curation import ExactDedupConfig
+from curation.dedup.config import ExactDedupConfig
 from schemas.io import iter_parquet_batches, read_parquet, write_parquet
 from schemas.stage import ShardResult, Stage, StageContext
 
