@@ -318,6 +318,16 @@ def _encode_tensor(name: str, data: np.ndarray, quant: str) -> tuple[np.ndarray,
     return gguf.quants.quantize(data.astype(np.float32), qtype), qtype
 
 
+def _starts_with_bos(tokenizer: Any, template: str | None) -> bool:
+    bos = tokenizer.bos_token_id
+    if bos is None:
+        return False
+    probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    ids = (tokenizer.apply_chat_template(probe, chat_template=template, tokenize=True, return_dict=True)["input_ids"]
+           if template else tokenizer("a")["input_ids"])
+    return bool(ids) and int(ids[0]) == int(bos)
+
+
 def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
                chat_template: str | None = None, q4_0_weights: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
     """Write ``model`` (a merged, non-PEFT HF causal LM) + ``tokenizer`` to ``path``; returns a summary.
@@ -358,7 +368,9 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
             value = getattr(tokenizer, attr, None)
             if value is not None:
                 add(int(value))
-        w.add_add_bos_token(bool(getattr(tokenizer, "add_bos_token", False)))
+        # BOS rule (as on h-archs, train/gguf_tokenizer.starts_with_bos): llama.cpp adds BOS exactly when training
+        # sequences start with it, i.e. when the template renders it first; llama.cpp drops the template's own BOS
+        w.add_add_bos_token(_starts_with_bos(tokenizer, template))
         w.add_add_eos_token(False)
         if template:
             w.add_chat_template(strip_generation_markers(template))
