@@ -22,7 +22,7 @@ from schemas.errors import StageError
 from schemas.io import write_json, write_text
 from schemas.stage import Stage, StageContext
 from train.inputs import EXAMPLE_COLUMNS
-from train.chat import IM_END, encode_example, parity_gate
+from train.chat import encode_example, parity_gate
 from train.gguf_export import write_gguf
 from train.modelfile import ollama_modelfile
 from train.inputs import conversations, find_inputs, load_model, load_tokenizer, read_examples, torch_setup
@@ -348,9 +348,8 @@ class ExportStage(Stage[ExportConfig]):
             ctx.progress(1)
 
         # 6. Ollama Modelfile and the model card
-        eot = tokenizer.convert_ids_to_tokens([tokenizer.eos_token_id])[0] if tokenizer.eos_token_id is not None else IM_END
         modelfile = ollama_modelfile(gguf_name=f"{cfg.model_name}-{cfg.ollama_quantization}.gguf",
-                                     template=tokenizer.chat_template, system=cfg.system_prompt, stop=eot)
+                                     tokenizer=tokenizer, system=cfg.system_prompt)
         write_text(modelfile, out / "Modelfile")
         eval_md = None
         if inputs.eval is not None:
