@@ -21,7 +21,7 @@ from typing import Any
 from schemas.errors import StageError
 from schemas.io import write_json, write_text
 from schemas.stage import Stage, StageContext
-from train.chat import IM_END, encode_example
+from train.chat import encode_example
 from train.config import ExportConfig, KLDGate
 from train.export_card import model_card
 from train.gguf_export import write_gguf
@@ -226,9 +226,8 @@ class ExportStage(Stage[ExportConfig]):
             f16.unlink()
 
         # 5. Ollama Modelfile and the model card
-        eot = tokenizer.convert_ids_to_tokens([tokenizer.eos_token_id])[0] if tokenizer.eos_token_id is not None else IM_END
         modelfile = ollama_modelfile(gguf_name=f"{cfg.model_name}-{cfg.ollama_quantization}.gguf",
-                                     template=tokenizer.chat_template, system=cfg.system_prompt, stop=eot)
+                                     tokenizer=tokenizer, system=cfg.system_prompt)
         write_text(modelfile, out / "Modelfile")
         eval_md = None
         if inputs.eval is not None:
