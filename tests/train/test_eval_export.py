@@ -73,7 +73,7 @@ def test_every_file_verified_in_llama_cpp(exported):
     assert 15.5 < f16["bits_per_weight"] < 16.5 and q4["bits_per_weight"] < q8["bits_per_weight"] < 9
     assert f16["tokenizer"]["add_bos"] and f16["tokenizer"]["end_of_turn"] == "<|im_end|>"
     assert report["generation"]["failed"] == 0 and report["generation"]["prompts"] == 8
-    assert gguf.GGUFReader(str(d / "tiny-test-Q8_0.gguf")).tensors[1].tensor_type.name == "Q8_0"
+    assert "Q8_0" in {t.tensor_type.name for t in gguf.GGUFReader(str(d / "tiny-test-Q8_0.gguf")).tensors}
     assert stats["tiny-test-F16.gguf:kld"] <= 1e-3
 
 
@@ -139,7 +139,7 @@ def test_failing_gate_fails_the_stage_after_the_card(pipeline, exported, tmp_pat
     """A gate the Q4_K_M file cannot meet fails the stage, names the file and statistic, and the card says FAIL;
     the statistics do not depend on which other files were verified beside it."""
     ins = {"dataset": pipeline["dataset"], "base": pipeline["base"], "train": pipeline["train"]}
-    cfg = ExportConfig(quantizations=["Q4_K_M"], ollama_quantization="Q4_K_M", keep_merged=False, threads=2,
+    cfg = ExportConfig(model_name="tiny-test", quantizations=["Q4_K_M"], ollama_quantization="Q4_K_M", keep_merged=False, threads=2,
                        generation_prompts=0,
                        gates={"Q4_K_M": {"max_kld_mean": 1e-6, "max_kld_p99": 1.0, "min_top1": 0.0, "max_ppl_ratio": 2.0}})
     with pytest.raises(StageError, match=r"verification failed: tiny-test-Q4_K_M\.gguf: mean KLD [0-9.e-]+ > 1e-06"):
