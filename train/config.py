@@ -238,10 +238,13 @@ class ExportConfig(StageConfig):
         description="Held-out conversations whose rendering (full and prompt-only) and message texts must tokenize "
         "to the training ids in llama.cpp (BOS exactly once).",
     )
-    generation_prompts: int = Field(8, ge=0, le=10_000,
-                                    description="Held-out prompts generated greedily in llama.cpp from the F16 file "
-                                    "(the stop at the template's end-of-turn token is checked). 0 = none.")
-    generation_max_tokens: int = Field(64, ge=4, le=4096, description="Tokens each of those generations may produce.")
+    generation_checks: int = Field(
+        16, ge=0, le=10_000,
+        description="Held-out conversations fed to the F16 file in llama.cpp up to the end of their last answer; where "
+        "the merged model's greedy next token is the template's end-of-turn token, llama.cpp's greedy generation "
+        "must end on it. 0 = none.")
+    generation_max_tokens: int = Field(8, ge=1, le=4096,
+                                       description="Tokens llama.cpp may generate in that check before it counts as not stopping.")
     imatrix: bool = Field(
         False,
         description="Compute llama.cpp's importance matrix from the dataset's train split in llama.cpp (written as "

@@ -189,20 +189,17 @@ class ExportStage(Stage[ExportConfig]):
             files["F16"]["write_seconds"] = round(f16_seconds, 3)
         paths = {q: out / f["file"] for q, f in files.items()}
 
-        # 3. tokenizer check (every file) and greedy generation (the F16 file) in llama.cpp
+        # 3. tokenizer check (every file) and the stop at end-of-turn in greedy generation (the F16 file), in llama.cpp
         probe = heldout[:cfg.tokenizer_samples]
         for q, path in paths.items():
             with GGUFModel(path, vocab_only=True) as gguf_model:
                 files[q]["tokenizer"] = tokenizer_check(gguf_model, tokenizer, probe)
         generation = None
-        if cfg.generation_prompts:
-            prompts = [list(tokenizer.apply_chat_template(c[:-1], tokenize=True, add_generation_prompt=True,
-                                                          return_dict=True)["input_ids"])
-                       for c in heldout[:cfg.generation_prompts] if len(c) > 1 and c[-1]["role"] == "assistant"]
-            n_ctx = max(map(len, prompts)) + cfg.generation_max_tokens
-            with GGUFModel(f16, n_ctx=n_ctx, threads=cfg.threads) as gguf_model:
-                generation = generation_check(gguf_model, merged, tokenizer, prompts,
-                                              max_new_tokens=cfg.generation_max_tokens)
+        if cfg.generation_checks:
+            convs = [c for c in heldout[:cfg.generation_checks] if c and c[-1]["role"] == "assistant"]
+            n_ctx = max(len(s) for s in token_sequences(tokenizer, convs, tokens=1 << 62, max_length=1 << 30))
+            with GGUFModel(f16, n_ctx=n_ctx + cfg.generation_max_tokens, threads=cfg.threads) as gguf_model:
+                generation = generation_check(gguf_model, merged, tokenizer, convs, max_new_tokens=cfg.generation_max_tokens)
         ctx.progress(1)
 
         # 4. KL divergence of every file against the merged model, held-out text, in llama.cpp

@@ -49,11 +49,10 @@ def model_card(*, name: str, base: str, stats: dict[str, Any], eval_md: str | No
                   f"{im['tokens']:,} tokens, {im['tensors']} tensors, {im['seconds']:.1f} s.", ""]
     gen = stats.get("generation")
     if gen:
-        lines += [f"Greedy generation in llama.cpp (F16 file) on {gen['prompts']} held-out prompts: "
-                  f"{gen['stopped_at_end_of_turn']} stopped at the end-of-turn token within {gen['max_new_tokens']} tokens "
-                  f"({gen['reference_stopped']} where the merged model stops within half of that, all of which must "
-                  f"stop in llama.cpp too: {'ok' if not gen['failed'] else 'FAILED'}); "
-                  f"{gen['identical']} identical to the merged model's greedy answer.", ""]
+        lines += [f"Stop at end-of-turn in llama.cpp (F16 file, greedy): of {gen['conversations']} held-out conversations fed up "
+                  f"to the end of their last answer, the merged model's next token is `{gen['end_of_turn']}` in "
+                  f"{gen['checked']}; llama.cpp ended on it in {gen['stopped_at_end_of_turn']} "
+                  f"({'ok' if not gen['failed'] else 'FAILED'}).", ""]
     lines += ["## Files", ""]
     lines += [f"- `{f['file']}` sha256 `{f['sha256']}`" for f in files]
     lines += ["", "## Run with Ollama", "", "```", f"ollama create {name} -f Modelfile", f"ollama run {name}", "```", "",

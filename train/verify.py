@@ -39,6 +39,19 @@ def percentile(sorted_values: np.ndarray, fraction: float) -> float:
     return float((1 - (p - i)) * sorted_values[i] + (p - i) * sorted_values[j])
 
 
+class RefBlock:
+    """What every file's comparison needs from the reference on a block of positions, computed once:
+    log-probabilities and probabilities, the top token, the next tokens' negative log-likelihood."""
+
+    def __init__(self, ref_logp, targets: Sequence[int]):
+        import torch
+
+        self.logp, self.p = ref_logp, ref_logp.exp()
+        self.top = ref_logp.argmax(-1)
+        idx = torch.tensor(list(targets), dtype=torch.long)[:, None]
+        self.nll = -float(ref_logp.gather(-1, idx).double().sum())
+
+
 class KLDStats:
     """KL divergence, top-1 agreement and perplexity ratio of a file against the reference, accumulated a
     block of positions at a time (``add``)."""
@@ -48,17 +61,19 @@ class KLDStats:
         self.sum_nll = self.sum_nll_ref = 0.0
         self.same_top = self.count = 0
 
-    def add(self, ref_logp, logits: np.ndarray, targets: Sequence[int]) -> None:
-        """``ref_logp``: the reference's log-probabilities (torch, positions x vocabulary); ``logits``: the
-        file's logits at the same positions; ``targets``: the next token at each position."""
+    def add(self, ref, logits: np.ndarray, targets: Sequence[int]) -> None:
+        """``ref``: the reference's log-probabilities (torch, positions x vocabulary) or their ``RefBlock``
+        (computed once when several files are compared on the same positions); ``logits``: the file's logits
+        at the same positions; ``targets``: the next token at each position."""
         import torch
 
+        ref = ref if isinstance(ref, RefBlock) else RefBlock(ref, targets)
         logp = torch.log_softmax(torch.from_numpy(logits).float(), dim=-1)
-        kld = (ref_logp.exp() * (ref_logp - logp)).sum(-1)
+        kld = (ref.p * (ref.logp - logp)).sum(-1)
         idx = torch.tensor(list(targets), dtype=torch.long)[:, None]
         self.sum_nll -= float(logp.gather(-1, idx).double().sum())
-        self.sum_nll_ref -= float(ref_logp.gather(-1, idx).double().sum())
-        self.same_top += int((logp.argmax(-1) == ref_logp.argmax(-1)).sum())
+        self.sum_nll_ref += ref.nll
+        self.same_top += int((logp.argmax(-1) == ref.top).sum())
         self.count += len(targets)
         self.kld.append(kld.numpy().astype(np.float64))
 
@@ -114,13 +129,14 @@ def verify_files(reference, sequences: Sequence[Sequence[int]], paths: Sequence[
             stats = [KLDStats() for _ in models]
             for seq in sequences:
                 ref = reference_logp(reference, seq)
-                for model, st in zip(models, stats):
-                    start = 0
-                    for block in model.logits(seq):
-                        end = min(start + len(block), len(seq) - 1)  # the last position has no next token
-                        if end > start:
-                            st.add(ref[start:end], block[:end - start], seq[start + 1:end + 1])
-                        start += len(block)
+                start = 0
+                for blocks in zip(*(model.logits(seq) for model in models)):  # the files side by side, a block at a time
+                    end = min(start + len(blocks[0]), len(seq) - 1)  # the last position has no next token
+                    if end > start:
+                        block_ref = RefBlock(ref[start:end], seq[start + 1:end + 1])
+                        for st, block in zip(stats, blocks):
+                            st.add(block_ref, block[:end - start], seq[start + 1:end + 1])
+                    start += len(blocks[0])
                 if progress is not None:
                     progress(0)
             for p, model, st in zip(group, models, stats):
@@ -188,39 +204,43 @@ def tokenizer_check(model: GGUFModel, tokenizer, conversations: Sequence[Sequenc
             "differences": failures[:5], "failed": len(failures), "failures": summary}
 
 
-def greedy_reference(model, prompt: Sequence[int], *, max_new_tokens: int, stop: int) -> list[int]:
-    """The merged model's greedy continuation, ending after ``stop`` (kept) or ``max_new_tokens``."""
+def answer_end(tokenizer, conv: Sequence[dict[str, str]], eot: int) -> list[int] | None:
+    """Training ids of ``conv`` up to (not including) the end-of-turn token that closes its last assistant turn."""
+    enc = tokenizer.apply_chat_template(list(conv), tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ends = [i for i, (t, m) in enumerate(zip(enc["input_ids"], enc["assistant_masks"])) if m and t == eot]
+    return list(enc["input_ids"][:ends[-1]]) if ends else None
+
+
+def next_token(model, ids: Sequence[int]) -> int:
+    """The merged model's greedy next token after ``ids``."""
     import torch
 
     device = next(model.parameters()).device
     with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([list(prompt)], device=device), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stop, pad_token_id=stop)
-    return out[0, len(prompt):].tolist()
+        return int(model(input_ids=torch.tensor([list(ids)], device=device), logits_to_keep=1).logits[0, -1].argmax())
 
 
-def generation_check(model: GGUFModel, reference, tokenizer, prompts: Sequence[Sequence[int]], *,
+def generation_check(model: GGUFModel, reference, tokenizer, conversations: Sequence[Sequence[dict[str, str]]], *,
                      max_new_tokens: int) -> dict[str, Any]:
-    """Greedy generation in llama.cpp on held-out prompts: every prompt whose greedy answer from the merged
-    model ends (with the template's end-of-turn token) within half the limit must end in llama.cpp too, on
-    that token, within the limit. Divergent answers are allowed; never stopping is not."""
+    """Greedy generation in llama.cpp stops at the template's end-of-turn token. Each held-out conversation is
+    fed (training ids) up to the end of its last answer; where the merged model's greedy next token there is the
+    end-of-turn token, llama.cpp's greedy continuation must end on that token within ``max_new_tokens``."""
     ends = turn_end_ids(tokenizer)
     eot = ends[0] if ends else tokenizer.eos_token_id
-    stopped = ref_stopped = 0
+    checked = stopped = 0
     failures = []
-    same = 0
-    for n, prompt in enumerate(prompts):
-        got = model.generate(prompt, max_new_tokens=max_new_tokens)
-        ref = greedy_reference(reference, prompt, max_new_tokens=max_new_tokens, stop=eot)
-        got_stop = bool(got) and got[-1] == eot
-        stopped += got_stop
-        same += got == ref
-        if ref and ref[-1] == eot and len(ref) <= max_new_tokens // 2:
-            ref_stopped += 1
-            if not got_stop:
-                last = model.token_text(got[-1]) if got else None
-                failures.append(f"prompt {n}: the merged model ends after {len(ref)} tokens, llama.cpp "
-                                f"{'ran to the limit' if len(got) >= max_new_tokens else 'ended on ' + repr(last)} "
-                                f"({model.detokenize(got[:24], special=True)!r}...)")
-    return {"prompts": len(prompts), "stopped_at_end_of_turn": stopped, "reference_stopped": ref_stopped,
-            "identical": same, "max_new_tokens": max_new_tokens, "failures": failures[:5], "failed": len(failures)}
+    for n, conv in enumerate(conversations):
+        prefix = answer_end(tokenizer, conv, eot)
+        if not prefix or next_token(reference, prefix) != eot:
+            continue
+        checked += 1
+        got = model.generate(prefix, max_new_tokens=max_new_tokens)
+        if got and got[-1] == eot:
+            stopped += 1
+        else:
+            failures.append(f"conversation {n}: the merged model ends its answer, llama.cpp "
+                            f"{'ran to the limit' if len(got) >= max_new_tokens else 'ended on ' + repr(model.token_text(got[-1]))} "
+                            f"({model.detokenize(got[:24], special=True)!r}...)")
+    return {"conversations": len(conversations), "checked": checked, "stopped_at_end_of_turn": stopped,
+            "end_of_turn": model.token_text(eot), "max_new_tokens": max_new_tokens, "failures": failures[:5],
+            "failed": len(failures)}

@@ -40,8 +40,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--verify-tokens", type=int, default=4096)
     ap.add_argument("--name", default="gemma-3-270m-postgres-sql")
-    ap.add_argument("--variants", default="imatrix,gptq", help="extra files verified side by side: imatrix, gptq ('' none)")
+    ap.add_argument("--variants", default="imatrix,gptq", help="extras: imatrix, gptq (files verified side by side), precision (bf16/fp16 reference vs fp32); '' none")
     ap.add_argument("--calibration-rows", type=int, default=128)
+    ap.add_argument("--reuse", action="store_true", help="skip the export stage when --out holds its files (extras only)")
     args = ap.parse_args()
 
     from schemas.stage import StageContext
@@ -54,6 +55,8 @@ def main() -> None:
                        verify_tokens=args.verify_tokens)
     ctx = StageContext(stage_dir=out, work_dir=out / "_work", step="export", out_dir=out,
                        inputs={"dataset": args.dataset, "base_model": args.base, "train": args.train})
+    if args.reuse and (out / "export.json").exists():  # extras only, on the files of an earlier run
+        return extra_rows(args, cfg, out, [v for v in args.variants.split(",") if v])
     started = time.perf_counter()
     error = None
     try:
@@ -76,9 +79,8 @@ def main() -> None:
     print("tokenizer:", json.dumps({f["file"]: {k: f["tokenizer"][k] for k in ("chat_renderings", "texts", "failed")}
                                     for f in report["files"]}))
     variants = [v for v in args.variants.split(",") if v]
-    if not variants:
-        return
-    extra_rows(args, cfg, out, variants)
+    if variants:
+        extra_rows(args, cfg, out, variants)
 
 
 def extra_rows(args, cfg, out: Path, variants: list[str]) -> None:
@@ -117,12 +119,38 @@ def extra_rows(args, cfg, out: Path, variants: list[str]) -> None:
         timing["gptq"] = time.perf_counter() - t0
         paths.append(p)
         print(f"GPTQ Q4_0: {len(calib)} train conversations, {timing['gptq']:.1f} s (calibration + write)")
+    if "precision" in variants:
+        precision_rows(merged, seqs, out)
+    if len(paths) == 2 and not {"imatrix", "gptq"} & set(variants):
+        return
     t0 = time.perf_counter()
     res = verify_files(merged, seqs, paths, threads=args.threads)
     print(f"side-by-side verification of {len(paths)} files: {time.perf_counter() - t0:.1f} s")
     print("| file | MiB | bits/weight | KLD mean | KLD p99 | top-1 % | PPL ratio |\n|---|---:|---:|---:|---:|---:|---:|")
     for p in paths:
         print(row(p.name, res[p.name], p.stat().st_size))
+
+
+def precision_rows(merged, seqs, out: Path) -> None:
+    """What a bf16 / fp16 reference costs: the merged model loaded in that dtype (from merged/, written in fp32)
+    against the fp32 merged model, with the same statistics as the files."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from train.verify import KLDStats, reference_logp
+
+    print("| merged model as reference | KLD mean | KLD p99 | top-1 % | PPL ratio |\n|---|---:|---:|---:|---:|")
+    for name, dtype in (("bf16", torch.bfloat16), ("fp16", torch.float16)):
+        low = AutoModelForCausalLM.from_pretrained(str(out / "merged"), dtype=dtype).eval()
+        st = KLDStats()
+        for ids in seqs:
+            ref = reference_logp(merged, ids)
+            with torch.no_grad():
+                logits = low(input_ids=torch.tensor([ids])).logits[0].float().numpy()
+            st.add(ref[:-1], logits[:-1], ids[1:])
+        r = st.result()
+        print(f"| {name} | {r['kld_mean']:.6f} | {r['kld_p99']:.5f} | {100 * r['top1']:.2f} | {r['ppl_ratio']:.4f} |")
+        del low
 
 
 if __name__ == "__main__":

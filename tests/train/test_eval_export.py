@@ -72,7 +72,8 @@ def test_every_file_verified_in_llama_cpp(exported):
     assert f16["verify"]["kld_mean"] < q8["verify"]["kld_mean"] < q4["verify"]["kld_mean"]
     assert 15.5 < f16["bits_per_weight"] < 16.5 and q4["bits_per_weight"] < q8["bits_per_weight"] < 9
     assert f16["tokenizer"]["add_bos"] and f16["tokenizer"]["end_of_turn"] == "<|im_end|>"
-    assert report["generation"]["failed"] == 0 and report["generation"]["prompts"] == 8
+    gen = report["generation"]
+    assert gen["failed"] == 0 and gen["conversations"] == 10 and gen["stopped_at_end_of_turn"] == gen["checked"], gen
     assert "Q8_0" in {t.tensor_type.name for t in gguf.GGUFReader(str(d / "tiny-test-Q8_0.gguf")).tensors}
     assert stats["tiny-test-F16.gguf:kld"] <= 1e-3
 
@@ -140,7 +141,7 @@ def test_failing_gate_fails_the_stage_after_the_card(pipeline, exported, tmp_pat
     the statistics do not depend on which other files were verified beside it."""
     ins = {"dataset": pipeline["dataset"], "base": pipeline["base"], "train": pipeline["train"]}
     cfg = ExportConfig(model_name="tiny-test", quantizations=["Q4_K_M"], ollama_quantization="Q4_K_M", keep_merged=False, threads=2,
-                       generation_prompts=0,
+                       generation_checks=0,
                        gates={"Q4_K_M": {"max_kld_mean": 1e-6, "max_kld_p99": 1.0, "min_top1": 0.0, "max_ppl_ratio": 2.0}})
     with pytest.raises(StageError, match=r"verification failed: tiny-test-Q4_K_M\.gguf: mean KLD [0-9.e-]+ > 1e-06"):
         ExportStage_run(cfg, tmp_path, ins)

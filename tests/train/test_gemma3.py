@@ -27,7 +27,7 @@ def gemma_export(tmp_path_factory):
     TrainStage(TrainConfig(max_steps=6, learning_rate=3e-3, batch_size=8, rank=8, alpha=16, threads=2)).run(
         make_ctx(root, "train", {"dataset": dataset, "base": base}))
     cfg = ExportConfig(model_name="gemma-tiny", quantizations=["F16", "Q8_0"], keep_merged=False, tokenizer_samples=4,
-                       generation_prompts=4, threads=2)
+                       generation_checks=4, threads=2)
     stats = ExportStage(cfg).run(make_ctx(root, "export", {"dataset": dataset, "base": base, "train": root / "train"}))
     return {"root": root, "base": base, "out": root / "export", "stats": stats,
             "export": json.loads((root / "export" / "export.json").read_text())}

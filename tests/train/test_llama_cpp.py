@@ -111,6 +111,7 @@ def test_generate_stops_at_end_of_generation_and_at_the_limit(tiny, tmp_path):
 
     from train.gguf_export import write_gguf
     from train.llama_cpp import GGUFModel
+    from train.verify import generation_check
 
     tok, model = tiny["tok"], tiny["model"]
     im_end = tok.convert_tokens_to_ids("<|im_end|>")
@@ -128,6 +129,12 @@ def test_generate_stops_at_end_of_generation_and_at_the_limit(tiny, tmp_path):
     write_gguf(biased, tok, tmp_path / "stop-F16.gguf", quant="F16", name="stop")
     with GGUFModel(tmp_path / "stop-F16.gguf", n_ctx=256, threads=2) as m:
         assert m.generate(prompt, max_new_tokens=12) == [im_end]
+        # the export's stop check: where the reference ends the answer, llama.cpp must end it too
+        check = generation_check(m, biased, tok, [CONV], max_new_tokens=4)
+        assert check["checked"] == 1 and check["stopped_at_end_of_turn"] == 1 and check["failed"] == 0
+    with GGUFModel(tiny["f16"], n_ctx=256, threads=2) as m:  # a file that does not end where the reference does
+        check = generation_check(m, biased, tok, [CONV], max_new_tokens=4)
+        assert check["checked"] == 1 and check["failed"] == 1 and "ran to the limit" in check["failures"][0]
 
 
 def test_llama_cpp_quantiser_writes_k_quants(tiny):
