@@ -254,8 +254,7 @@ class ExportConfig(StageConfig):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto",
         description="dtype of the merged model (and of the reference logits the files are compared with). auto: bf16 "
-        "on CUDA with bf16 support, else fp32 (on CPU a bf16 reference costs more KLD than the F16 file itself; "
-        "docs/train.md).",
+        "on CUDA with bf16 support, else fp32 (a 16-bit reference's own rounding counts against every file).",
     )
     logits_memory_mb: int = Field(
         1024, ge=0, le=1_000_000,
