@@ -77,6 +77,8 @@ class Stage(Generic[C]):
     output: ClassVar[pa.Schema | None] = None
     #: columns added to the input's, when the stage passes rows through
     adds: ClassVar[Mapping[str, pa.DataType]] = {}
+    #: stage types this stage's inputs may be: type -> required (True) or optional (False); empty: not checked
+    input_roles: ClassVar[Mapping[str, bool]] = {}
 
     def __init__(self, config: C) -> None:
         self.config = config

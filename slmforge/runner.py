@@ -126,6 +126,8 @@ def _check_inputs(step: Step, by_name: Mapping[str, Step], *, where: str) -> Non
     if not step.inputs:
         raise ConfigError(f"{where}: this stage needs an input but it is the first step",
                           fix="put an 'ingest' step (or another source) before it")
+    if stage.input_roles:
+        _check_roles(step, by_name, where=where)
     primary = by_name[step.inputs[0]]
     in_cols = primary.out_columns
     if stage.kind in ("map", "global") and primary.kind == "artifact":
@@ -136,6 +138,20 @@ def _check_inputs(step: Step, by_name: Mapping[str, Step], *, where: str) -> Non
                  where=f"step '{step.name}' ({step.config.stage}) reading '{primary.name}'")
     stage.check({n: by_name[n].out_columns for n in step.inputs})
     step.out_columns = stage.output_columns(in_cols) if stage.kind != "artifact" else {}
+
+
+def _check_roles(step: Step, by_name: Mapping[str, Step], *, where: str) -> None:
+    """The stage types of a step's inputs against the roles its stage declares (``Stage.input_roles``)."""
+    roles = step.stage.input_roles
+    types = {n: by_name[n].config.stage for n in step.inputs}
+    wrong = {n: t for n, t in types.items() if t not in roles}
+    missing = [r for r, required in roles.items() if required and r not in types.values()]
+    if wrong or missing:
+        expected = ", ".join(f"{r} ({'required' if req else 'optional'})" for r, req in roles.items())
+        raise ConfigError(f"{where}: " + "; ".join(
+            [f"input '{n}' is a {t} step" for n, t in wrong.items()] + [f"no {r} step among the inputs" for r in missing]),
+            received=types, expected=f"inputs of the types {expected}",
+            fix=f"set 'inputs:' of this step to the steps it reads, e.g. inputs: [{', '.join(roles)}]")
 
 
 # --- execution ------------------------------------------------------------------------------
