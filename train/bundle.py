@@ -120,6 +120,13 @@ def pick_default(names: list[str], wanted: str | None) -> str:
     return q8[0] if q8 else names[0]
 
 
+def index_folder(step: Path) -> Path:
+    """The self-contained index folder inside an index step's folder (the reader resolves it)."""
+    from curation.index import open_index
+
+    return Path(getattr(open_index(step), "path", step))
+
+
 def check_index(path: Path) -> int | None:
     """Open the index as ``ask`` will and run one search: a copy that does not open fails the stage here."""
     from curation.index import open_index
@@ -131,6 +138,12 @@ def check_index(path: Path) -> int | None:
         raise StageError(f"bundle: the index copied to {path} does not open", received=f"{type(exc).__name__}: {exc}",
                          fix="rebuild the index step (slmforge run RECIPE) and then the bundle") from exc
     return len(index) if hasattr(index, "__len__") else len(hits)
+
+
+def outside_model(index: Path) -> str | None:
+    """The embedding model folder a dense or hybrid index reads at search time (outside the bundle), if any."""
+    meta = index / "index.json"
+    return json.loads(meta.read_text()).get("embedding_model") if meta.is_file() else None
 
 
 def bundle_card(card: str, *, manifest: dict[str, Any]) -> str:
@@ -167,7 +180,8 @@ class BundleStage(Stage[BundleConfig]):
             if (export / name).is_file():
                 shutil.copy2(export / name, out / name)
         if index is not None:
-            shutil.copytree(index, out / "index", ignore=lambda d, entries: [e for e in entries if e in STEP_FILES])
+            shutil.copytree(index_folder(index), out / "index",
+                            ignore=lambda d, entries: [e for e in entries if e in STEP_FILES])
 
         info = gguf_info(out / default)
         if not info["chat_template"]:
@@ -199,14 +213,16 @@ class BundleStage(Stage[BundleConfig]):
 
         bundle = open_bundle(out)  # the finished folder loads exactly as ask/serve load it
         chunks = check_index(bundle.index) if bundle.index is not None else None
-        return {"default_gguf": default, "files": len(manifest["files"]),
+        outside = outside_model(out / "index") if index is not None else None
+        return {**({"warning": f"the index needs its embedding model folder {outside}, which is not in the bundle: "
+                               "it must exist at that path wherever the bundle runs"} if outside else {}),"default_gguf": default, "files": len(manifest["files"]),
                 "bytes": sum(f["bytes"] for f in manifest["files"].values()),
                 "index": "yes" if index is not None else "none (closed-book only)",
                 **({"index_chunks": chunks} if chunks is not None else {}),
                 "prompt_format": fmt.fingerprint()[:16], "n_ctx": n_ctx}
 
     def summary(self, stats):
-        return [(k, str(stats[k])) for k in ("default_gguf", "index", "prompt_format", "n_ctx") if k in stats]
+        return [(k, str(stats[k])) for k in ("default_gguf", "index", "prompt_format", "n_ctx", "warning") if k in stats]
 
 
 # --- loading -------------------------------------------------------------------------------------

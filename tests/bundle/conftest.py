@@ -73,12 +73,22 @@ def exported(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def index_dir(index_module, tmp_path_factory) -> Path:
+    """An index step folder over :func:`chunks`."""
     from tests.bundle import standin_index
 
     root = tmp_path_factory.mktemp("index")
     if index_module is standin_index:
         return standin_index.build(chunks(), root / "index")
-    raise NotImplementedError("build the real index here")  # replaced when curation.index lands
+    import pyarrow as pa
+
+    from curation.index.config import IndexConfig
+    from curation.index.stage import IndexStage
+    from schemas.arrow import CHUNKS
+    from schemas.io import write_parquet
+
+    write_parquet(pa.Table.from_pylist(chunks(), schema=CHUNKS), root / "chunk" / "part-00000.parquet")
+    IndexStage(IndexConfig()).run(make_ctx(root, "index", {"chunk": root / "chunk"}))
+    return root / "index"
 
 
 @pytest.fixture(scope="session")

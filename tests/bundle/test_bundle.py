@@ -188,3 +188,21 @@ def test_serve_answers_with_the_key_and_refuses_without(copied, tmp_path):
         server.shutdown()
         server.server_close()
         reader.close()
+
+
+def test_workspace_means_the_last_runs_bundle_step(bundle_dir, tmp_path):
+    from slmforge.cli import app
+    from slmforge.cli_ask import workspace_bundle
+
+    ws = bundle_dir.parent.parent  # <workspace>/<step dir>/bundle, the step dir here being "bundle"
+    (ws / "_runs").mkdir(exist_ok=True)
+    (ws / "_runs" / "latest.json").write_text(json.dumps({"recipe": None, "steps": [
+        {"name": "export", "stage": "export", "kind": "artifact", "fingerprint": "x", "dir": "export", "inputs": []},
+        {"name": "bundle", "stage": "bundle", "kind": "artifact", "fingerprint": "y", "dir": "bundle", "inputs": ["export"]}]}))
+    assert workspace_bundle(ws) == bundle_dir
+    res = CliRunner().invoke(app, ["ask", "-w", str(ws), "--closed-book", "Which port?", "--max-tokens", "4"])
+    assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(app, ["ask", "Which port?"])
+    assert res.exit_code == 2 and "--bundle DIR, or -w WORKSPACE" in res.output
+    res = CliRunner().invoke(app, ["ask", "-w", str(tmp_path), "Which port?"])
+    assert res.exit_code == 2 and "no run found" in res.output
