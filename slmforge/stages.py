@@ -38,6 +38,7 @@ STAGES: dict[str, StageType] = {
     "annotate_merge": StageType("curation.annotate.config:AnnotateMergeConfig",
                                 "curation.annotate.stage:AnnotateMergeStage"),
     "chunk": StageType("synth.config:ChunkConfig", "synth.chunking:ChunkStage"),
+    "index": StageType("curation.index.config:IndexConfig", "curation.index.stage:IndexStage"),
     "synth": StageType("synth.config:SynthConfig", "synth.stage:SynthStage"),
     "dataset": StageType("train.config:DatasetConfig", "train.dataset:DatasetStage"),
     "base_model": StageType("train.config:BaseModelConfig", "train.base_model:BaseModelStage"),
