@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -13,43 +12,7 @@ from schemas.errors import ConfigError, StageError
 from slmforge.runner import plan, run_recipe
 from slmforge.stages import recipe_from_dict
 
-ROOT = Path(__file__).resolve().parents[2]
-
-PLANTED = """# Moving the Osprey archive
-
-Osprey is the cold-storage bucket for shipment photos older than 400 days.
-
-## Restoring a photo from Osprey
-
-To restore a photo, run `osprey_thaw --shipment ID` from the ops bastion; restores finish within six hours
-and the photo reappears in the tracking page with a snowflake badge. The command refuses shipments that
-were purged under the data retention policy.
-"""
-
-
-def _recipe(corpus: Path, ws: Path, *, index: dict | None = None, chunk: dict | None = None) -> dict:
-    return {"workspace": str(ws), "workers": 1, "stages": [
-        {"stage": "ingest", "paths": [str(corpus)], "formats": ["md"]},
-        {"stage": "normalize"},
-        {"stage": "chunk", "max_chars": 800, "min_chars": 40, **(chunk or {})},
-        {"stage": "index", "inputs": ["chunk", "normalize"], **(index or {})},
-    ]}
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    shutil.copytree(ROOT / "data/sample/runbooks", root / "runbooks")
-    (root / "runbooks" / "osprey-archive.md").write_text(PLANTED)
-    return root
-
-
-@pytest.fixture(scope="module")
-def built(corpus, tmp_path_factory):
-    ws = tmp_path_factory.mktemp("ws")
-    recipe = recipe_from_dict(_recipe(corpus, ws))
-    stats = run_recipe(recipe)
-    return recipe, stats, plan(recipe)[-1].dir
+from tests.index.conftest import PLANTED, index_recipe as _recipe
 
 
 def test_planted_passage_is_found_for_its_question(built):
@@ -122,3 +85,23 @@ def test_tokenizer_keeps_identifiers_and_their_parts():
     assert {"max", "connect", "dump", "owner", "alter", "tabl", "catalog"} <= set(toks)
     assert Tokenizer(stopwords="english")("the table is not empty") == ["tabl", "empti"]
     assert Tokenizer(stemmer=None)("Connections") == ["connections"]
+
+
+def test_cli_search_prints_ranked_hits(built, tmp_path):
+    from typer.testing import CliRunner
+
+    from slmforge.cli import app
+
+    recipe, _, step_dir = built
+    runner = CliRunner()
+    res = runner.invoke(app, ["search", "-w", str(recipe.workspace), "osprey_thaw restore", "-k", "2",
+                              "--chars", "60"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "osprey-archive.md" in res.output and "2 of" in res.output and "Moving the Osprey archive" in res.output
+    by_dir = runner.invoke(app, ["search", "--index", str(step_dir / "index"), "osprey_thaw", "-k", "1"],
+                           env={"COLUMNS": "200"})
+    assert by_dir.exit_code == 0 and "osprey-archive.md" in by_dir.output
+    (tmp_path / "_runs").mkdir()
+    (tmp_path / "_runs" / "latest.json").write_text('{"steps": [{"name": "chunk", "stage": "chunk", "dir": "x"}]}')
+    res = runner.invoke(app, ["search", "-w", str(tmp_path), "anything"])
+    assert res.exit_code == 2 and "has no index step" in res.output
