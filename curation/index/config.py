@@ -38,6 +38,10 @@ class IndexConfig(StageConfig):
         True, description="Index each chunk as 'page title / section heading / text' so a chunk deep in a page still "
         "matches the page's subject; the stored text and spans are the chunk's own."
     )
+    source_in_text: bool = Field(
+        True, description="Also index the source's file name (sql-altertable.md -> 'sql-altertable', 'altertable'): "
+        "people and generated questions name documents by their file."
+    )
     embedding_model: str | None = Field(
         None, description="Local sentence-transformers model folder for dense/hybrid (loaded offline, never downloaded)."
     )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pyarrow as pa
@@ -47,9 +47,11 @@ def document_title(title: str | None, text: str | None) -> str | None:
     return m.group(1).strip() if m else None
 
 
-def indexed_text(text: str, *, title: str | None, heading: str | None) -> str:
-    """What the lexical/dense model sees: page title and section heading (unless the text opens with it), then text."""
-    head = [t for t in (title, heading) if t and t not in text[: len(t) + 8]]
+def indexed_text(text: str, *, title: str | None, heading: str | None, source: str | None = None) -> str:
+    """What the lexical/dense model sees: the source's file name, page title and section heading (each unless the
+    text opens with it), then the text."""
+    name = PurePosixPath(source).stem if source else None
+    head = [t for t in (name, title, heading) if t and t not in text[: len(t) + 8]]
     return "\n".join([*dict.fromkeys(head), text])
 
 
@@ -115,8 +117,13 @@ class IndexStage(Stage[IndexConfig]):
             "title": pa.array(page_titles, pa.string()), "heading": chunks.column("heading"),
             "text": chunks.column("text").cast(pa.large_string()),
         }).cast(INDEX_CHUNKS)
-        docs = [indexed_text(t, title=pt, heading=h) if cfg.title_in_text else t
-                for t, pt, h in zip(texts, page_titles, headings)]
+        sources = chunks.column("source").to_pylist() if cfg.source_in_text else [None] * len(texts)
+        if not cfg.title_in_text:
+            page_titles_in, headings_in = [None] * len(texts), [None] * len(texts)
+        else:
+            page_titles_in, headings_in = page_titles, headings
+        docs = [indexed_text(t, title=pt, heading=h, source=src)
+                for t, pt, h, src in zip(texts, page_titles_in, headings_in, sources)]
         folder = Path(ctx.out_dir) / SUBDIR
         folder.mkdir(parents=True)
         write_parquet(table, folder / CHUNKS_FILE)
@@ -132,6 +139,7 @@ class IndexStage(Stage[IndexConfig]):
                          batch_size=cfg.embedding_batch_size).build(docs, folder)
         ctx.progress(table.num_rows - table.num_rows // 2)
         settings = {"method": cfg.method, "k1": cfg.k1, "b": cfg.b, "title_in_text": cfg.title_in_text,
+                    "source_in_text": cfg.source_in_text,
                     "rrf_k": cfg.rrf_k, "fusion_depth": cfg.fusion_depth, "device": cfg.device}
         write_json({"format": FORMAT, "backend": cfg.backend, "chunks": table.num_rows,
                     "tokenizer": tokenizer.settings(), "settings": settings,
