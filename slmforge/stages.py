@@ -39,6 +39,7 @@ STAGES: dict[str, StageType] = {
                                 "curation.annotate.stage:AnnotateMergeStage"),
     "chunk": StageType("synth.config:ChunkConfig", "synth.chunking:ChunkStage"),
     "synth": StageType("synth.config:SynthConfig", "synth.stage:SynthStage"),
+    "synth_filter": StageType("synth.config:SynthFilterConfig", "synth.filter:SynthFilterStage"),
     "dataset": StageType("train.config:DatasetConfig", "train.dataset:DatasetStage"),
     "base_model": StageType("train.config:BaseModelConfig", "train.base_model:BaseModelStage"),
     "train": StageType("train.config:TrainConfig", "train.sft:TrainStage"),
