@@ -101,8 +101,8 @@ def test_every_drop_names_its_check_and_score(tmp_path):
     pq.write_table(pa.table({"id": ["e1"], "text": ["Restart the locker controller from the remote actions menu."]}),
                    eval_dir / "part-0.parquet")
     parts = _shards(tmp_path, _chunks(tmp_path, DOC, DOC))
-    cfg = SynthFilterConfig(min_answer_chars=60, inputs=["synth", "eval"], eval_step="eval", decontam_ngram=6,
-                            quality={"min_alpha_words_ratio": 0.9})
+    cfg = SynthFilterConfig(min_answer_chars=80, inputs=["synth", "eval"], eval_step="eval", decontam_ngram=6,
+                            quality={"min_alpha_words_ratio": 0.95})
     stage = SynthFilterStage(cfg)
     ctx = _ctx(tmp_path, "synth_filter", inputs={"synth": tmp_path, "eval": eval_dir})
     stage.prepare(parts, ctx)
