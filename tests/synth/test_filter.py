@@ -138,3 +138,58 @@ def test_moved_thresholds_say_where_they_went():
     # the synth fingerprint holds no threshold: the same teacher/judge, any thresholds -> one synth fingerprint
     assert not set(SynthConfig().fingerprint_dict()) & set(SynthFilterConfig.model_fields) - {"stage", "name", "inputs", "pii_scan", "pii_mode"}
     assert Env().eval_grams == set()
+
+
+def test_threshold_change_reruns_only_the_filter_and_never_the_teacher(teachers, tmp_path, monkeypatch):
+    """A recipe ingest -> chunk -> synth (the trained tiny teacher through distilabel's TransformersLLM, judging
+    itself) -> synth_filter, run twice: the second run only raises min_judge_score. Every teacher request and model
+    build is counted by pass-through wrappers around the real calls: the second run makes none, reuses ingest,
+    chunk and synth, re-runs synth_filter, and drops the rows now under the threshold with the check's reason."""
+    from slmforge.runner import plan, run_recipe
+    from slmforge.stages import recipe_from_dict
+    from synth import teachers as teachers_mod
+
+    calls = Counter()
+    real_generate, real_build = teachers_mod.Teacher.generate, teachers_mod.build_llm
+
+    def generate(self, prompts):
+        calls["prompts"] += len(prompts)
+        return real_generate(self, prompts)
+
+    def build_llm(cfg):
+        calls["models"] += 1
+        return real_build(cfg)
+
+    monkeypatch.setattr(teachers_mod.Teacher, "generate", generate)
+    monkeypatch.setattr(teachers_mod, "build_llm", build_llm)
+    corpus = tmp_path / "t"
+    corpus.mkdir()
+    (corpus / "doc0.md").write_text(DOC)  # source t/doc0.md: the prompts the teacher memorised (conftest)
+
+    def recipe(min_judge_score: float):
+        return recipe_from_dict({"workspace": str(tmp_path / "ws"), "workers": 1, "stages": [
+            {"stage": "ingest", "paths": [str(corpus)]},
+            {"stage": "chunk", "max_chars": 400, "min_chars": 20},
+            {"stage": "synth", "teacher": {"kind": "transformers", "model": str(teachers["trained"]), "temperature": 0,
+                                           "max_new_tokens": 96}},
+            {"stage": "synth_filter", "min_answer_chars": 10, "min_judge_score": min_judge_score},
+        ]})
+
+    def kept_and_dropped(r):
+        d = plan(r)[-1].dir
+        return (pq.read_table(d / "part-00000.parquet").column("id").to_pylist(),
+                [x for x in pq.read_table(d / "decisions.parquet").to_pylist() if x["action"] == "drop"])
+
+    first = run_recipe(recipe(0.5))
+    assert calls["prompts"] > 0 and calls["models"] >= 1 and first[2]["counters"]["teacher:requests"] == calls["prompts"]
+    kept, dropped = kept_and_dropped(recipe(0.5))
+    assert kept and not [d for d in dropped if d["reason"] == "judge_below_threshold"]  # memorised verdicts: 5/4 -> 0.75
+
+    before = dict(calls)
+    second = run_recipe(recipe(0.8))
+    assert dict(calls) == before  # not one teacher request, not one model load
+    assert [s.get("cached", False) for s in second] == [True, True, True, False]
+    assert plan(recipe(0.8))[2].dir == plan(recipe(0.5))[2].dir  # one synth fingerprint for both thresholds
+    kept2, dropped2 = kept_and_dropped(recipe(0.8))
+    below = [d for d in dropped2 if d["reason"] == "judge_below_threshold"]
+    assert not kept2 and {d["id"] for d in below} == set(kept) and all(d["score"] == 0.75 for d in below)
