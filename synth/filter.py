@@ -2,8 +2,8 @@
 
 A global stage: near-duplicates and consistency compare rows of different shards, and they only look at
 rows that passed the row checks before them, so ``prepare`` runs every check, in order, over all shards
-(reading only the columns the checks use) and writes the verdict of each dropped or flagged row, by its
-(shard, row) position, to ``_work/verdicts.parquet``. ``process`` then maps each shard: rows without a verdict are kept (reason
+and writes the verdict of each dropped or flagged row, by its (shard, row) position, to
+``_work/verdicts.parquet``. ``process`` then maps each shard: rows without a verdict are kept (reason
 ``passed``, score = judge score), dropped rows get a decision with the check's reason and score, flagged
 rows are kept with their reason and the check's note merged into ``meta`` (e.g. ``conflict_with``).
 The output has exactly the EXAMPLES columns (synth's score columns stay in synth's output).
@@ -27,9 +27,6 @@ from synth.checks import Env, Verdict, run_checks
 from synth.config import SynthFilterConfig
 
 VERDICTS_FILE = "verdicts.parquet"
-#: the columns the checks read (meta and the rest are only read by ``process``)
-CHECK_COLUMNS = ["id", "messages", "teacher", "judge_score", "question", "judge_groundedness", "judge_helpfulness",
-                 "lexical_groundedness", "answer_chars_min", "answer_chars_max"]
 _VERDICTS = pa.schema([("shard", pa.int32()), ("row", pa.int64()), ("id", pa.string()), ("check", pa.string()), ("keep", pa.bool_()), ("reason", pa.string()),
                        ("score", pa.float64()), ("note", pa.string())])
 
@@ -63,7 +60,7 @@ class SynthFilterStage(Stage[SynthFilterConfig]):
         self.check({})
         rows, where = [], []
         for i, s in enumerate(shards):
-            part = read_parquet(s, columns=CHECK_COLUMNS).to_pylist()
+            part = read_parquet(s).to_pylist()  # every column: a new check may read any
             rows += part
             where += [(i, k) for k in range(len(part))]
         ctx.work_dir.mkdir(parents=True, exist_ok=True)

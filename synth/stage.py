@@ -29,7 +29,7 @@ from synth.tasks import render
 
 RAFT_TEMPLATE = "grounded_qa_raft_v1"
 
-__all__ = ["SynthStage", "RAFT_TEMPLATE", "candidate_row"]
+__all__ = ["SynthStage", "RAFT_TEMPLATE", "candidate_row", "user_turn"]
 
 
 def candidate_row(cand: dict, *, user: str, user_template: str, teacher: str, judge_by: str) -> dict:
@@ -53,6 +53,26 @@ def candidate_row(cand: dict, *, user: str, user_template: str, teacher: str, ju
         "judge_helpfulness": judge.get("helpfulness"), "lexical_groundedness": lexical,
         "answer_chars_min": min(len(a) for a in answers), "answer_chars_max": max(len(a) for a in answers),
     }
+
+
+def user_turn(cand: dict, chunks: list[dict], *, include_context: bool, distractors: int) -> tuple[str, str, dict]:
+    """The user turn of a training example: (text, template name, meta additions). THE one place that decides
+    what the student sees besides the question: nothing (closed book), the source passage (open book), or the
+    passage among ``distractors`` other passages of ``chunks`` in a seeded order (RAFT-style). Retrieved passages
+    (issue 22) belong here."""
+    chunk = cand["chunk"]
+    if not include_context:
+        return cand["question"], "closed_book_v1", {}
+    others = [c for c in chunks if c["id"] != chunk["id"]]
+    if distractors and others:
+        rnd = random.Random(cand["id"])
+        picked = rnd.sample(others, min(distractors, len(others)))
+        passages = [*picked, chunk]
+        rnd.shuffle(passages)
+        meta = {"oracle_position": passages.index(chunk) + 1, "distractor_ids": [p["id"] for p in picked]}
+        return render(RAFT_TEMPLATE, passages=passages, question=cand["question"]), RAFT_TEMPLATE, meta
+    return render(TEMPLATE, passage=chunk["text"], question=cand["question"], source=chunk["source"],
+                  heading=chunk["heading"]), TEMPLATE, {}
 
 
 class SynthStage(Stage[SynthConfig]):
@@ -90,22 +110,6 @@ class SynthStage(Stage[SynthConfig]):
     def load(self) -> None:
         self.generator.load()
 
-    def _user_turn(self, cand: dict, chunks: list[dict]) -> tuple[str, str]:
-        cfg, chunk = self.config, cand["chunk"]
-        if not cfg.include_context:
-            return cand["question"], "closed_book_v1"
-        others = [c for c in chunks if c["id"] != chunk["id"]]
-        if cfg.distractors and others:
-            rnd = random.Random(cand["id"])
-            picked = rnd.sample(others, min(cfg.distractors, len(others)))
-            passages = [*picked, chunk]
-            rnd.shuffle(passages)
-            cand["meta"]["oracle_position"] = passages.index(chunk) + 1
-            cand["meta"]["distractor_ids"] = [p["id"] for p in picked]
-            return render(RAFT_TEMPLATE, passages=passages, question=cand["question"]), RAFT_TEMPLATE
-        return render(TEMPLATE, passage=chunk["text"], question=cand["question"], source=chunk["source"],
-                      heading=chunk["heading"]), TEMPLATE
-
     def process(self, table: pa.Table, ctx: StageContext) -> ShardResult:
         self.check({})
         self.load()
@@ -116,7 +120,9 @@ class SynthStage(Stage[SynthConfig]):
         cands = gen.judge(cands, run, work_dir=ctx.work_dir)
         rows = []
         for c in cands:
-            user, user_template = self._user_turn(c, chunks)
+            user, user_template, extra = user_turn(c, chunks, include_context=self.config.include_context,
+                                                   distractors=self.config.distractors)
+            c["meta"].update(extra)
             rows.append(candidate_row(c, user=user, user_template=user_template, teacher=gen.teacher_name,
                                       judge_by=gen.judge_name))
         run.counters["generated"] = len(rows)
