@@ -14,7 +14,7 @@ from typing import Any, Optional
 import typer
 from rich.console import Console
 
-from slmforge import cli_annotate, cli_ask, cli_pii, cli_synth, cli_train
+from slmforge import cli_annotate, cli_ask, cli_pii, cli_search, cli_synth, cli_train
 
 app = typer.Typer(
     name="slmforge",
@@ -229,7 +229,7 @@ def stats(
     out.print(run_table(rows))
 
 
-for _area in (cli_pii, cli_annotate, cli_synth, cli_train, cli_ask):
+for _area in (cli_pii, cli_annotate, cli_synth, cli_train, cli_search, cli_ask):
     _area.register(app)
 
 
