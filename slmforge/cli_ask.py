@@ -58,6 +58,8 @@ def _print_answer(console, ans) -> None:
     from rich.table import Table
 
     console.print(ans.answer or "[dim](empty answer)[/]", highlight=False)
+    if ans.finish_reason == "length":
+        console.print("[dim](stopped at the token limit: --max-tokens)[/]")
     if ans.closed_book:
         console.print("[dim]closed-book: no passages retrieved[/]")
         return
@@ -65,7 +67,8 @@ def _print_answer(console, ans) -> None:
     for col in ("", "cited", "source", "span", "score", "text"):
         table.add_column(col, overflow="fold")
     for p in ans.passages:
-        text = p.text if len(p.text) <= 160 else p.text[:157] + "..."
+        text = " ".join(p.text.split())
+        text = text if len(text) <= 160 else text[:157] + "..."
         table.add_row(f"[{p.n}]", "yes" if p.n in ans.cited else "", p.source_id, f"{p.span[0]}-{p.span[1]}",
                       f"{p.score:.3g}", text)
     console.print(table)

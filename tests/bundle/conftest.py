@@ -3,7 +3,6 @@ tiny Llama -> LoRA -> export (real GGUF files, verified) -> index -> bundle stag
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -41,20 +40,6 @@ def raft_rows(fmt: PromptFormat, n_variants: int = 6) -> list[dict]:
 
 
 @pytest.fixture(scope="session")
-def index_module():
-    """curation.index (h-index's reader API); a stand-in until it lands on main."""
-    try:
-        import curation.index as real  # noqa: F401
-
-        return real
-    except ImportError:
-        from tests.bundle import standin_index
-
-        sys.modules["curation.index"] = standin_index
-        return standin_index
-
-
-@pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """{root, export, dataset, base, train}: a tiny LoRA model trained on RAFT rows and exported to GGUF.
 
@@ -75,13 +60,8 @@ def exported(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def index_dir(index_module, tmp_path_factory) -> Path:
-    """An index step folder over :func:`chunks`."""
-    from tests.bundle import standin_index
-
-    root = tmp_path_factory.mktemp("index")
-    if index_module is standin_index:
-        return standin_index.build(chunks(), root / "index")
+def index_dir(tmp_path_factory) -> Path:
+    """A real index step folder (bm25s) over :func:`chunks`."""
     import pyarrow as pa
 
     from curation.index.config import IndexConfig
@@ -89,6 +69,7 @@ def index_dir(index_module, tmp_path_factory) -> Path:
     from schemas.arrow import CHUNKS
     from schemas.io import write_parquet
 
+    root = tmp_path_factory.mktemp("index")
     write_parquet(pa.Table.from_pylist(chunks(), schema=CHUNKS), root / "chunk" / "part-00000.parquet")
     IndexStage(IndexConfig()).run(make_ctx(root, "index", {"chunk": root / "chunk"}))
     return root / "index"
