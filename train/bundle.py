@@ -44,11 +44,8 @@ STEP_FILES = {"_SUCCESS", "_work", "_shards", "_out", "decisions.parquet", "quar
 
 
 def sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def gguf_info(path: Path) -> dict[str, Any]:

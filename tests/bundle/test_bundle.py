@@ -38,6 +38,9 @@ def test_bundle_layout_and_manifest(bundle_dir):
     card = (bundle_dir / "README.md").read_text()
     assert "## Bundle" in card and manifest["prompt_format"]["fingerprint"] in card
     assert "<|im_start|>" in (bundle_dir / "chat_template.jinja").read_text()
+    assert "index/index.json" in manifest["files"] and "index/chunks.parquet" in manifest["files"]
+    # hard links: the bundle costs no second copy of the model files
+    assert (bundle_dir / "tiny-rag-Q8_0.gguf").stat().st_ino == (bundle_dir.parents[1] / "export" / "tiny-rag-Q8_0.gguf").stat().st_ino
 
 
 def test_served_prompt_is_token_identical_to_training(bundle_dir, exported):
@@ -75,6 +78,17 @@ def test_bundle_without_index_is_closed_book(exported, tmp_path):
         assert reader.answer("Which port?", closed_book=True).closed_book
     finally:
         reader.close()
+
+
+def test_an_empty_index_step_fails_the_bundle_clearly(exported, tmp_path):
+    from tests.train.conftest import make_ctx
+    from train.bundle import BundleStage
+    from train.bundle_config import BundleConfig
+
+    (tmp_path / "index").mkdir()
+    with pytest.raises(ConfigError, match="no retrieval index found"):
+        BundleStage(BundleConfig()).run(make_ctx(tmp_path, "bundle", {"export": exported["export"],
+                                                                     "index": tmp_path / "index"}))
 
 
 def test_ask_from_a_copied_bundle_with_nothing_else(copied, exported, monkeypatch, tmp_path):
