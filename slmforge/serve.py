@@ -1,8 +1,9 @@
 """``slmforge serve``: an OpenAI-compatible chat endpoint for a bundle, on 127.0.0.1 only.
 
 ``POST /v1/chat/completions`` retrieves passages with the last user message, renders the bundle's prompt
-format and generates with llama.cpp (non-streaming; greedy, so ``temperature``/``top_p`` are ignored);
-the response is OpenAI's ``chat.completion`` object plus ``citations`` and ``passages``. ``GET /v1/models``
+format and generates with llama.cpp (greedy, so ``temperature``/``top_p`` are ignored); the response is
+OpenAI's ``chat.completion`` object plus ``citations`` and ``passages`` (``stream: true``: server-sent
+``chat.completion.chunk`` events, the last one with ``citations`` and ``passages``). ``GET /v1/models``
 lists the bundle's model. Extension fields of a request: ``k`` (passages) and ``closed_book``.
 
 Every request needs ``Authorization: Bearer <key>``. The key is random (32 bytes), made on the first serve
@@ -14,6 +15,7 @@ printed once, when it is made, and never appears in a URL or a command line. The
 from __future__ import annotations
 
 import hmac
+import itertools
 import json
 import os
 import secrets
@@ -22,6 +24,7 @@ import time
 import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +86,8 @@ def _messages(body: dict[str, Any]) -> tuple[list[dict[str, str]], str]:
     return turns[:-1], turns[-1]["content"]
 
 
-def completion(reader, body: dict[str, Any]) -> dict[str, Any]:
-    """OpenAI ``chat.completion`` for a request body, with ``citations`` and ``passages``."""
-    if body.get("stream"):
-        raise _Error(HTTPStatus.BAD_REQUEST, "stream: true is not supported; send stream: false")
+def _request(reader, body: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``Reader.answer``/``stream`` for an OpenAI request body (400 on bad fields)."""
     history, question = _messages(body)
     k, closed = body.get("k"), bool(body.get("closed_book", False))
     if k is not None and (not isinstance(k, int) or not 1 <= k <= 64):
@@ -94,23 +95,53 @@ def completion(reader, body: dict[str, Any]) -> dict[str, Any]:
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
     if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
         raise _Error(HTTPStatus.BAD_REQUEST, "'max_tokens' must be a positive integer")
-    if not closed and not reader.has_index:
-        closed = True  # a bundle without an index answers closed-book (said in its card and /v1/models)
+    # a bundle without an index answers closed-book (said in its card and in /v1/models)
+    return {"question": question, "history": history, "k": k, "max_tokens": max_tokens,
+            "closed_book": closed or not reader.has_index}
+
+
+def _extras(ans) -> dict[str, Any]:
+    return {"citations": ans.citations, "closed_book": ans.closed_book,
+            "passages": [{"n": p.n, "source_id": p.source_id, "chunk_id": p.chunk_id, "span": list(p.span),
+                          "score": p.score, "text": p.text} for p in ans.passages]}
+
+
+def _finish(ans) -> str:
+    return "length" if ans.finish_reason == "length" else "stop"
+
+
+def completion(reader, body: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI ``chat.completion`` for a request body, with ``citations`` and ``passages``."""
     try:
-        ans = reader.answer(question, k=k, closed_book=closed, max_tokens=max_tokens, history=history)
+        ans = reader.answer(**_request(reader, body))
     except SlmforgeError as exc:
         raise _Error(HTTPStatus.BAD_REQUEST, exc.message) from None
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
         "model": reader.model_name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.answer},
-                     "finish_reason": "length" if ans.finish_reason == "length" else "stop"}],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": ans.answer}, "finish_reason": _finish(ans)}],
         "usage": {"prompt_tokens": ans.prompt_tokens, "completion_tokens": ans.completion_tokens,
                   "total_tokens": ans.prompt_tokens + ans.completion_tokens},
-        "citations": ans.citations, "closed_book": ans.closed_book,
-        "passages": [{"n": p.n, "source_id": p.source_id, "chunk_id": p.chunk_id, "span": list(p.span),
-                      "score": p.score, "text": p.text} for p in ans.passages],
+        **_extras(ans),
     }
+
+
+def completion_chunks(reader, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """OpenAI ``chat.completion.chunk`` objects of a streamed answer; the last one carries ``finish_reason``,
+    ``citations`` and ``passages``. Bad fields raise before the first chunk."""
+    pieces = reader.stream(**_request(reader, body))
+    try:
+        first = next(pieces)
+    except SlmforgeError as exc:
+        raise _Error(HTTPStatus.BAD_REQUEST, exc.message) from None
+    head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion.chunk", "created": int(time.time()),
+            "model": reader.model_name}
+    yield {**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+    for piece in itertools.chain([first], pieces):
+        if isinstance(piece, str):
+            yield {**head, "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+        else:
+            yield {**head, "choices": [{"index": 0, "delta": {}, "finish_reason": _finish(piece)}], **_extras(piece)}
 
 
 def make_handler(reader, key: str) -> type[BaseHTTPRequestHandler]:
@@ -177,9 +208,31 @@ def make_handler(reader, key: str) -> type[BaseHTTPRequestHandler]:
                     raise _Error(HTTPStatus.BAD_REQUEST, f"body is not JSON: {exc}") from None
                 if not isinstance(body, dict):
                     raise _Error(HTTPStatus.BAD_REQUEST, "body must be a JSON object")
+                if body.get("stream"):
+                    return self._stream(completion_chunks(reader, body))
                 self._send(HTTPStatus.OK, completion(reader, body))
             except _Error as err:
                 self._error(err)
+
+        def _stream(self, chunks: Iterator[dict[str, Any]]) -> None:
+            """Server-sent events, one ``data:`` line per chunk, then ``data: [DONE]``; the connection closes at the
+            end (no chunked transfer encoding)."""
+            first = next(chunks)  # raises _Error before any header is sent
+            self.close_connection = True
+            self.send_response(HTTPStatus.OK)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Cache-Control", "no-cache")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            try:
+                for chunk in itertools.chain([first], chunks):
+                    self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                    self.wfile.flush()
+                self.wfile.write(b"data: [DONE]\n\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the client went away; closing the generator ends the generation
+            finally:
+                chunks.close()
 
     return Handler
 

@@ -9,6 +9,7 @@ file asks for exactly once (a template that writes BOS itself has that text drop
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -153,9 +154,8 @@ class Reader:
             passages, dropped = passages[:-1], dropped + 1
 
     # --- answering -------------------------------------------------------------------------------
-    def answer(self, question: str, *, k: int | None = None, closed_book: bool = False,
-               max_tokens: int | None = None, history: list[dict[str, str]] | None = None) -> Answer:
-        """Answer ``question`` (after the earlier turns ``history``, if any) with citations."""
+    def _prepare(self, question: str, *, k: int | None, closed_book: bool, max_tokens: int | None,
+                 history: list[dict[str, str]] | None) -> dict[str, Any]:
         if self.llm is None:
             raise RuntimeError("Reader.load() first")
         if not question.strip():
@@ -163,18 +163,47 @@ class Reader:
         k = k or (self.bundle.manifest.get("retrieval") or {}).get("k") or 4
         max_tokens = max_tokens or int(self.bundle.manifest["llama"]["max_new_tokens"])
         passages = None if closed_book else self.retrieve(question, k)
-        with self._lock:
-            ids, passages, dropped = self._fit(list(history or []), question, passages, max_tokens)
-            out = self.llm.create_completion(ids, max_tokens=max_tokens, temperature=0.0, top_k=1,
-                                             repeat_penalty=1.0, seed=0)
-        choice = out["choices"][0]
-        text = choice["text"].strip()
-        plist = passages or []
-        return Answer(question=question, answer=text, citations=self.format.parse_citations(text, plist),
-                      passages=plist, closed_book=passages is None, prompt_tokens=len(ids),
-                      completion_tokens=int(out["usage"]["completion_tokens"]),
-                      finish_reason=choice.get("finish_reason") or "stop", passages_dropped=dropped,
+        ids, passages, dropped = self._fit(list(history or []), question, passages, max_tokens)
+        return {"question": question, "ids": ids, "passages": passages, "dropped": dropped, "max_tokens": max_tokens}
+
+    def _generate(self, p: dict[str, Any], *, stream: bool):
+        return self.llm.create_completion(p["ids"], max_tokens=p["max_tokens"], temperature=0.0, top_k=1,
+                                          repeat_penalty=1.0, seed=0, stream=stream)
+
+    def _answer(self, p: dict[str, Any], text: str, *, completion_tokens: int, finish: str) -> Answer:
+        text, plist = text.strip(), p["passages"] or []
+        return Answer(question=p["question"], answer=text, citations=self.format.parse_citations(text, plist),
+                      passages=plist, closed_book=p["passages"] is None, prompt_tokens=len(p["ids"]),
+                      completion_tokens=completion_tokens, finish_reason=finish, passages_dropped=p["dropped"],
                       cited=self.format.cited_numbers(text, len(plist)))
+
+    def answer(self, question: str, *, k: int | None = None, closed_book: bool = False,
+               max_tokens: int | None = None, history: list[dict[str, str]] | None = None) -> Answer:
+        """Answer ``question`` (after the earlier turns ``history``, if any) with citations."""
+        with self._lock:
+            p = self._prepare(question, k=k, closed_book=closed_book, max_tokens=max_tokens, history=history)
+            out = self._generate(p, stream=False)
+        choice = out["choices"][0]
+        return self._answer(p, choice["text"], completion_tokens=int(out["usage"]["completion_tokens"]),
+                            finish=choice.get("finish_reason") or "stop")
+
+    def stream(self, question: str, *, k: int | None = None, closed_book: bool = False,
+               max_tokens: int | None = None, history: list[dict[str, str]] | None = None) -> Iterator[str | Answer]:
+        """Like :meth:`answer`, but yields the answer's text pieces as llama.cpp makes them, then the whole
+        :class:`Answer` (``completion_tokens`` counted from the pieces)."""
+        pieces, finish, n = [], "stop", 0
+        with self._lock:  # released when the generator ends or is closed (a client that went away)
+            p = self._prepare(question, k=k, closed_book=closed_book, max_tokens=max_tokens, history=history)
+            for chunk in self._generate(p, stream=True):
+                choice = chunk["choices"][0]
+                if choice.get("finish_reason"):
+                    finish = choice["finish_reason"]
+                else:
+                    n += 1
+                if choice["text"]:
+                    pieces.append(choice["text"])
+                    yield choice["text"]
+        yield self._answer(p, "".join(pieces), completion_tokens=n, finish=finish)
 
     def close(self) -> None:
         if self.llm is not None:

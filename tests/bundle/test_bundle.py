@@ -195,6 +195,26 @@ def test_serve_answers_with_the_key_and_refuses_without(copied, tmp_path):
         assert res["usage"]["completion_tokens"] <= 16 and res["passages"][0]["source_id"] == "runbooks/doc2.md"
         assert set(res["citations"]) <= {p["source_id"] for p in res["passages"]}
         assert _post(url, {"messages": []}, key=key)[0] == 400
+        req = urllib.request.Request(url, data=json.dumps({**body, "stream": True}).encode(), method="POST",
+                                     headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            assert resp.headers["Content-Type"] == "text/event-stream"
+            events = [line[len(b"data: "):] for line in resp.read().splitlines() if line.startswith(b"data: ")]
+        assert events[-1] == b"[DONE]"
+        chunks = [json.loads(e) for e in events[:-1]]
+        assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+        streamed = "".join(c["choices"][0]["delta"].get("content", "") for c in chunks).strip()
+        assert streamed == res["choices"][0]["message"]["content"]  # greedy: the same answer as unstreamed
+        assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length") and chunks[-1]["citations"] == res["citations"]
+        import http.client
+
+        conn = http.client.HTTPConnection(host, port, timeout=10)  # announces 2 MiB; refused before any is read
+        conn.putrequest("POST", "/v1/chat/completions")
+        conn.putheader("Authorization", f"Bearer {key}")
+        conn.putheader("Content-Length", str(2 << 20))
+        conn.endheaders()
+        assert conn.getresponse().status == 413
+        conn.close()
         req = urllib.request.Request(f"http://{host}:{port}/v1/models", headers={"Authorization": f"Bearer {key}"})
         with urllib.request.urlopen(req, timeout=10) as resp:
             assert json.loads(resp.read())["data"][0]["id"] == "tiny-rag-Q8_0"
