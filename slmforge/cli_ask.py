@@ -141,8 +141,8 @@ def register(app: typer.Typer) -> None:
             from slmforge.serve import api_key, make_server
             from train.answer import open_reader
 
-            key, key_file, created = api_key(state_dir)
             reader = open_reader(_bundle_path(bundle, workspace), gguf=gguf, threads=threads)
+            key, key_file, created = api_key(state_dir)  # after the bundle loads: a new key is always shown
             server = make_server(reader, key=key, port=port)
             host, bound = server.server_address[:2]
             console.print(f"serving {reader.model_name} at http://{host}:{bound}/v1 "
