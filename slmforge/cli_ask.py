@@ -142,15 +142,19 @@ def register(app: typer.Typer) -> None:
             from train.answer import open_reader
 
             reader = open_reader(_bundle_path(bundle, workspace), gguf=gguf, threads=threads)
-            key, key_file, created = api_key(state_dir)  # after the bundle loads: a new key is always shown
-            server = make_server(reader, key=key, port=port)
+            try:
+                key, key_file, created = api_key(state_dir)  # after the bundle loads, shown at once when new
+                if created:
+                    console.print(f"new API key (shown once; stored 0600 in {key_file}):\n  {key}", highlight=False)
+                else:
+                    console.print(f"API key: the one stored in {key_file}")
+                server = make_server(reader, key=key, port=port)
+            except BaseException:
+                reader.close()
+                raise
             host, bound = server.server_address[:2]
             console.print(f"serving {reader.model_name} at http://{host}:{bound}/v1 "
                           f"({'retrieval on' if reader.has_index else 'closed-book: no index'}); Ctrl-C stops")
-            if created:
-                console.print(f"new API key (shown once; stored 0600 in {key_file}):\n  {key}", highlight=False)
-            else:
-                console.print(f"API key: the one stored in {key_file}")
             try:
                 server.serve_forever()
             except KeyboardInterrupt:
