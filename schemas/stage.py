@@ -109,6 +109,13 @@ class Stage(Generic[C]):
     def prepare(self, shards: list[Path], ctx: StageContext) -> None:
         """Global stages: compute cross-shard state into ``ctx.work_dir`` (atomically)."""
 
+    def prepare_distributed(self, shards: list[Path], ctx: StageContext, *, backend: str,
+                            workers: int) -> tuple[dict[str, Any], dict[str, float]] | None:
+        """Global stages may compute :meth:`prepare` natively on a distributed ``backend`` (``"ray"``:
+        called on the driver with the Ray session up), writing exactly what ``prepare`` writes.
+        Return ``(stats, seconds by phase)``, or None to let the executor run ``prepare`` as one task."""
+        return None
+
     # map / global
     def process(self, table: pa.Table, ctx: StageContext) -> ShardResult:
         raise NotImplementedError(f"{type(self).__name__} does not process shards")

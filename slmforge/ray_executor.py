@@ -11,7 +11,8 @@ byte-identical to a local run, and markers make a Ray run resumable by a local r
 shared storage, and Ray Data's fixed cost per execution dominated on small clusters; docs/ray.md.)
 
 Global stages compute their cross-shard state (``prepare``) in one Ray task, then map shards —
-except ``near_dedup``, whose ``prepare`` runs Ray-native (:mod:`curation.dedup.near_ray`:
+except a stage that offers a distributed prepare (``Stage.prepare_distributed``): ``near_dedup``'s
+runs Ray-native (:mod:`curation.dedup.near_ray`:
 signatures and band grouping as a hash shuffle of Ray tasks, distributed verification,
 connected components on the driver or with a large-star/small-star loop) and writes the same
 cluster file;
@@ -34,9 +35,6 @@ from schemas.io import write_json
 #: environment for every Ray worker: one polars/arrow thread per worker process (the executor
 #: already runs one actor per CPU; nested thread pools only oversubscribe)
 WORKER_ENV = {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-#: environment variable read when ``near_dedup_components`` is not given (the recipe runner
-#: builds the executor from the recipe, so this is how a run picks the method without code)
-COMPONENTS_ENV = "SLMFORGE_RAY_NEAR_DEDUP_COMPONENTS"
 
 
 def _run_one(stage: Any, key: str, kind: str, i: int, item_blob: bytes, ctx: Any) -> dict:
@@ -98,35 +96,17 @@ class RayExecutor:
 
     ``workers`` is the number of shards in flight per map (tasks, or the actor pool size). When Ray is already
     initialised in this process (tests, notebooks), that session is used as is.
-
-    ``near_dedup_components`` chooses how the Ray-native near-dup computes connected components of
-    the verified pairs: ``driver`` (collect the edges, label them on the driver), ``large_star``
-    (distributed large-star/small-star loop, for edge lists that do not fit on the driver),
-    ``auto`` (driver up to ``near_dedup_edge_limit`` candidate pairs, default
-    ``curation.dedup.near_ray.DRIVER_EDGE_LIMIT``), or ``task`` (no Ray-native
-    near-dup: the stage's local ``prepare`` in one Ray task). Default: the environment variable
-    ``SLMFORGE_RAY_NEAR_DEDUP_COMPONENTS``, else ``auto``. Every choice writes the same files.
     """
 
-    def __init__(self, address: str | None, workers: int, *, object_store_memory: int | None = None,
-                 near_dedup_components: str | None = None, near_dedup_edge_limit: int | None = None) -> None:
-        import os
-
+    def __init__(self, address: str | None, workers: int, *, object_store_memory: int | None = None) -> None:
         if workers < 1:
             raise ConfigError("workers must be at least 1", received=workers, fix="pass --workers 1 or more")
         self.address = address
         self.workers = workers
         self.object_store_memory = object_store_memory
-        method = near_dedup_components or os.environ.get(COMPONENTS_ENV) or "auto"
-        if method not in ("auto", "driver", "large_star", "task"):
-            raise ConfigError("unknown near_dedup_components for the Ray executor", received=method,
-                              expected="auto | driver | large_star | task",
-                              fix=f"pass one of these (or set {COMPONENTS_ENV})")
-        self.near_dedup_components = method
-        self.near_dedup_edge_limit = near_dedup_edge_limit
         self.timings: dict[str, dict[str, float]] = {}
-        #: step name -> stats of the Ray-native near-dup (docs, pairs, method chosen, rounds)
-        self.near_dedup_stats: dict[str, dict[str, Any]] = {}
+        #: step name -> stats of a stage's distributed prepare (near-dup: docs, pairs, method chosen, rounds)
+        self.prepare_stats: dict[str, dict[str, Any]] = {}
         self._started_ray = False
 
     # --- cluster --------------------------------------------------------------------------
@@ -260,15 +240,12 @@ class RayExecutor:
         return stats
 
     def _prepare(self, ray: Any, step: Any, items: list[Path], ctx: Any) -> dict[str, float]:
-        """Global state: Ray-native for near_dedup, else the stage's ``prepare`` in one Ray task.
-        Returns a timing breakdown (seconds) for the report."""
-        if self.near_dedup_components != "task" and _is_near_dedup(step.stage):
-            from curation.dedup.near_ray import DRIVER_EDGE_LIMIT, prepare_on_ray
-
-            limit = self.near_dedup_edge_limit if self.near_dedup_edge_limit is not None else DRIVER_EDGE_LIMIT
-            stats, timing = prepare_on_ray(step.stage, items, ctx, workers=self.workers,
-                                           method=self.near_dedup_components, edge_limit=limit)
-            self.near_dedup_stats[step.name] = stats
+        """Global state: the stage's distributed prepare where it offers one (near-dup), else its
+        ``prepare`` in one Ray task. Returns a timing breakdown (seconds) for the report."""
+        native = step.stage.prepare_distributed(items, ctx, backend="ray", workers=self.workers)
+        if native is not None:
+            stats, timing = native
+            self.prepare_stats[step.name] = stats
             return {f"prepare.{k}": v for k, v in timing.items()}
         task = ray.remote(num_cpus=1)(_prepare_task)
         ray.get(task.remote(pickle.dumps(step.stage), f"{step.name}:{step.fingerprint}",
@@ -358,14 +335,6 @@ def _end_autoscaler_monitor(ray: Any) -> None:
                 info.process.wait(timeout=5)
     except Exception:  # noqa: BLE001 - an optimisation only; ray.shutdown still stops everything
         return
-
-
-def _is_near_dedup(stage: Any) -> bool:
-    try:
-        from curation.dedup.near import NearDedupStage
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(stage, NearDedupStage)
 
 
 def timings_report(executor: RayExecutor) -> str:
