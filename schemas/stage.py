@@ -77,6 +77,12 @@ class Stage(Generic[C]):
     output: ClassVar[pa.Schema | None] = None
     #: columns added to the input's, when the stage passes rows through
     adds: ClassVar[Mapping[str, pa.DataType]] = {}
+    #: artifact stages: the input roles they need, checked by plan() before any work
+    #: (``examples``: a table with ``messages``; ``base_model``, ``adapter``, ``eval``: what an
+    #: artifact step ``provides``)
+    needs: ClassVar[tuple[str, ...]] = ()
+    #: artifact stages: the role their folder plays for a later artifact stage
+    provides: ClassVar[str | None] = None
 
     def __init__(self, config: C) -> None:
         self.config = config
@@ -93,6 +99,10 @@ class Stage(Generic[C]):
     def fingerprint_extra(self) -> Mapping[str, Any]:
         """Anything besides config and upstream that decides the output (e.g. input file manifest)."""
         return {}
+
+    def roots(self) -> list[Path]:
+        """Source stages: the folders they read (plan() refuses a workspace inside one)."""
+        return []
 
     # --- work ----------------------------------------------------------------------------
     def load(self) -> None:

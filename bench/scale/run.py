@@ -107,7 +107,7 @@ def run_ray(data: Path, ws: Path, workers: int, method: str | None = None, *, ad
     import ray
 
     from slmforge.ray_executor import RayExecutor
-    from slmforge.runner import plan
+    from slmforge.plan import plan
 
     t0 = time.perf_counter()
     ex = RayExecutor(address=address, workers=workers, object_store_memory=500 * 1024 * 1024)
