@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from slmforge import cli_annotate, cli_pii, cli_synth, cli_train
+from slmforge import cli_annotate, cli_dedup, cli_pii, cli_synth, cli_train
 from slmforge.cli_common import console, out, parse_sets, reporter, run_with_errors
 
 app = typer.Typer(
@@ -126,33 +126,6 @@ def filter_cmd(
     run_with_errors(go)
 
 
-@app.command()
-def dedup(
-    input: Path = typer.Option(..., "--input", "-i", help="Parquet with columns id (int or string), text."),
-    output: Path = typer.Option(..., "--output", "-o", help="Parquet with id, cluster_id."),
-    exact: bool = typer.Option(False, "--exact", help="Exact dedup on the normalised text hash."),
-    threshold: float = typer.Option(0.8, help="Jaccard threshold for near-duplicates (MinHash)."),
-    num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations."),
-    ngram: int = typer.Option(5, help="Word n-gram shingle size."),
-    workers: int = typer.Option(2, help="Worker processes (results do not depend on it)."),
-) -> None:
-    """Cluster duplicates: writes id, cluster_id (duplicates share a cluster id; singletons have their own)."""
-    import time
-
-    t0 = time.perf_counter()
-    if exact:
-        from curation.dedup.exact import dedup_file
-
-        stats = run_with_errors(dedup_file, input, output)
-    else:
-        from curation.dedup.near import dedup_file as near_dedup_file
-        from curation.dedup.config import NearDedupConfig
-
-        cfg = NearDedupConfig(threshold=threshold, num_perm=num_perm, ngram=ngram)
-        stats = run_with_errors(near_dedup_file, input, output, config=cfg, workers=workers)
-    console.print(f"{stats} in {time.perf_counter() - t0:.1f}s -> {output}")
-
-
 @app.command("trace")
 def trace_cmd(
     ident: str = typer.Argument(..., help="A document, chunk or example id."),
@@ -199,6 +172,7 @@ def stats(
 
 
 # sub-command modules: one line each
+cli_dedup.register(app)
 cli_pii.register(app)
 cli_annotate.register(app)
 cli_synth.register(app)

@@ -252,3 +252,28 @@ def test_word_split_equals_polars_regex():
         lens, wh = _word_hashes(batch)
         assert lens.tolist() == words.list.len().fill_null(0).to_list()
         assert wh.tolist() == words.explode().drop_nulls().hash(seed=_WORD_SEED).to_list()
+
+
+def test_cli_dedup_runs_the_stage_and_writes_the_same_cluster_map(tmp_path):
+    """`slmforge dedup` goes through run_step (decisions next to the output) and its id -> cluster_id
+    map equals dedup_file's, id type kept."""
+    import random
+
+    from slmforge.cli_dedup import dedup_map
+
+    rng = random.Random(1)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi".split()
+    texts = []
+    for _ in range(30):
+        base = " ".join(rng.choice(words) for _ in range(60))
+        texts += [base, base + " extra"] if rng.random() < 0.5 else [base]
+    src = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"id": list(range(100, 100 + len(texts))), "text": texts}), src)
+    cfg = NearDedupConfig()
+    dedup_file(src, tmp_path / "ref.parquet", config=cfg, workers=1)
+    stats = dedup_map(src, tmp_path / "cli.parquet", config=cfg, workers=2)
+    ref, got = pq.read_table(tmp_path / "ref.parquet"), pq.read_table(tmp_path / "cli.parquet")
+    assert got.equals(ref) and got.schema.field("cluster_id").type == pa.int64()
+    dec = pq.read_table(tmp_path / "cli.decisions.parquet").to_pylist()
+    dropped = [d for d in dec if d["action"] == "drop"]
+    assert len(dropped) == stats["dropped"]["near_duplicate"] == len(texts) - stats["kept"] > 0
