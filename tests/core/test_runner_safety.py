@@ -193,3 +193,13 @@ def test_artifact_stages_missing_an_input_role_fail_at_planning(tmp_path, step, 
     assert not (tmp_path / "ws").exists()
     good = plan(recipe_from_dict(_demo(tmp_path)))  # the demo as shipped plans
     assert [s.name for s in good][-1] == "export"
+
+
+def test_a_workspace_next_to_a_file_named_directly_is_fine(corpus, tmp_path):
+    one = next(p for p in sorted(corpus.rglob("*.md")))
+    data = recipe_dict(corpus, one.parent / "ws")
+    data["stages"][0]["paths"] = [str(one)]
+    assert plan(recipe_from_dict(data))[0].name == "ingest"
+    data["stages"][0]["paths"] = [str(one.parent / "*.md")]  # a pattern reads its folder
+    with pytest.raises(ConfigError, match="workspace is inside a folder this step reads"):
+        plan(recipe_from_dict(data))
