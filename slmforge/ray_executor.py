@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 

@@ -16,7 +16,7 @@ from schemas.errors import ConfigError
 from slmforge.plan import plan
 from slmforge.runner import run_recipe
 from slmforge.stages import recipe_from_dict
-from tests.core.conftest import ROOT, cli, recipe_dict, write_recipe
+from tests.core.conftest import ROOT, recipe_dict, write_recipe
 
 
 @pytest.mark.parametrize("name", ["../../elsewhere/x", "/tmp/abs", "a/b", "..", "a..b", "", ".hidden", "x" * 65])
