@@ -125,4 +125,4 @@ def _keep_sidecars(stage_dir: Path, output: Path | None) -> None:
         os.replace(stage_dir / "stats.json", Path(output).with_suffix(".stats.json"))
 
 
-__all__ = ["EXECUTORS", "Executor", "run_recipe", "run_step"]
+__all__ = ["EXECUTORS", "Executor", "Step", "plan", "run_recipe", "run_step"]
