@@ -17,7 +17,7 @@ WS_HELP = "Workspace of a run whose recipe ends with a bundle step (used when --
 def workspace_bundle(workspace: Path) -> Path:
     """The bundle folder of the last run in ``workspace`` (its last bundle step)."""
     from schemas.errors import ConfigError
-    from slmforge.runner import latest_manifest
+    from slmforge.plan import latest_manifest
     from train.bundle import MANIFEST
 
     runs = latest_manifest(Path(workspace))

@@ -159,8 +159,8 @@ def bundle_card(card: str, *, manifest: dict[str, Any]) -> str:
 class BundleStage(Stage[BundleConfig]):
     kind = "artifact"
     version = "1"
-    #: input step types: required (True) or optional (False); plan() checks them
-    input_roles = {"export": True, "index": False}
+    #: plan() checks an export step is among the inputs (an index step is optional)
+    needs = ("export",)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config

@@ -46,11 +46,11 @@ def _recipe(tmp_path, bundle: dict):
 
 
 def test_plan_rejects_a_bundle_without_export(tmp_path):
-    from slmforge.runner import plan
+    from slmforge.plan import plan
     from slmforge.stages import recipe_from_dict
 
-    with pytest.raises(ConfigError, match="no export step among the inputs") as err:
+    with pytest.raises(ConfigError, match="step 'bundle' needs 'export' among its inputs") as err:
         plan(recipe_from_dict(_recipe(tmp_path, {"stage": "bundle", "inputs": ["ingest"]})))
-    assert "input 'ingest' is a ingest step" in str(err.value)
-    with pytest.raises(ConfigError, match="no export step"):
+    assert "ingest (nothing it uses)" in str(err.value)
+    with pytest.raises(ConfigError, match="needs 'export'"):
         plan(recipe_from_dict(_recipe(tmp_path, {"stage": "bundle"})))  # default input: the step before (chunk)
