@@ -11,9 +11,11 @@ import re
 from schemas.errors import ConfigError
 
 NER_ENTITIES = {"PERSON", "LOCATION", "DATE_TIME"}
-#: score of a (filtered) NER span: above the default threshold 0.5, below the context recognizers (0.7-0.85)
-NER_SCORE = 0.65
+#: score of a (filtered) NER span: above the default threshold 0.5 and below every pattern/context score
+#: (>= 0.6), so a precise pattern span inside an NER span survives Presidio's de-duplication and wins overlaps
+NER_SCORE = 0.55
 
+_TITLE = re.compile(r"(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Sr|Sra|Sir|Dame|Rev|Herr|Frau|Mme|Mlle|Nurse)\.?\s+")
 _CODEY = re.compile(r"[\d_/\\=<>{}()\[\]@#$%^*|~`;]|\.\w|[a-z][A-Z]|::|->")
 TECH_WORDS = {
     "api", "json", "yaml", "http", "https", "sql", "null", "true", "false", "error", "warn", "info", "debug",
@@ -40,7 +42,7 @@ def keep_ner_span(entity: str, value: str) -> bool:
         if _DURATION.match(v) or re.fullmatch(r"\d{9,13}", v) or re.search(r"\d+\.\d+\.\d+", v):
             return False
         if re.fullmatch(r"[\d\s,.:/-]+", v) and not re.search(r"\d[/.:-]\d", v):
-            return bool(re.fullmatch(r"(?:19|20)\d{2}", v))  # bare numbers: only a year alone
+            return False  # bare numbers, a year alone ("build 2057")
         return bool(_HAS_DATE.search(v))
     if _CODEY.search(v) or not v[0].isupper():
         return False
@@ -76,6 +78,9 @@ def spacy_engine(config, entities: list[str]):
         def analyze(self, text, entities, nlp_artifacts=None):  # noqa: ANN001 (Presidio signature)
             out = []
             for r in super().analyze(text, entities, nlp_artifacts):
+                if r.entity_type == "PERSON":  # "Mrs Green" -> "Green"
+                    title = _TITLE.match(text, r.start, r.end)
+                    r.start = title.end() if title and title.end() < r.end else r.start
                 if keep_ner_span(r.entity_type, text[r.start:r.end]) and \
                         not common_word(r.entity_type, text[r.start:r.end], text):
                     r.score = min(r.score, NER_SCORE)  # context and pattern evidence wins an overlap
