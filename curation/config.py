@@ -28,6 +28,12 @@ class IngestConfig(StageConfig):
         description="Regex that splits txt/md files into several documents (e.g. '\\n-{3,}\\n'); "
         "each keeps its character span in the file. None: one document per file.",
     )
+    follow_symlinks: bool = Field(
+        False,
+        description="Read files and folders that symbolic links point to outside the input paths. False (default): "
+        "such a link is quarantined with its target; links that stay inside the input paths are always read "
+        "(under the path where they were found).",
+    )
     max_file_bytes: int = Field(50_000_000, ge=1, description="Files larger than this (bytes) are quarantined.")
     min_chars: int = Field(1, ge=1, description="Documents with fewer non-space characters are quarantined as empty.")
     shard_bytes: int = Field(

@@ -19,13 +19,12 @@ def _fail(exc: Exception) -> None:
 
 
 @annotate_app.command()
-def serve(port: int = typer.Option(None, help="Server port (default 6900 or SLMFORGE_ARGILLA_PORT)."),
-          redis_port: int = typer.Option(None, help="Redis port (default 6390 or SLMFORGE_ARGILLA_REDIS_PORT).")) -> None:
-    """Start the embedded Argilla server (own venv, SQLite, Redis, rq worker, SQLite search plugin)."""
+def serve(port: int = typer.Option(None, help="Server port on 127.0.0.1 (default 6900 or SLMFORGE_ARGILLA_PORT).")) -> None:
+    """Start the embedded Argilla server (own venv, SQLite, Redis on a private socket, rq worker, SQLite search)."""
     from curation.annotate.embedded import Embedded, ensure_venv, start
     from schemas.errors import SlmforgeError
 
-    emb = Embedded.from_env(port=port, redis_port=redis_port)
+    emb = Embedded.from_env(port=port)
     try:
         with console.status(f"preparing the server venv in {emb.venv} (first time: a few minutes)…"):
             ensure_venv(emb)

@@ -5,10 +5,16 @@ Everything lives under two folders (both overridable):
 * ``SLMFORGE_ARGILLA_VENV`` (default ``~/.cache/slmforge/argilla-server-venv``): the server venv,
   built on first use with :data:`SERVER_PINS` (argilla-server's pins clash with transformers 5).
 * ``SLMFORGE_ARGILLA_HOME`` (default ``~/.cache/slmforge/argilla``): ``argilla.db`` (SQLite),
-  ``search.sqlite3`` (our index), ``redis/`` (AOF), ``run/*.pid``, ``logs/``, ``credentials.json``.
+  ``search.sqlite3`` (our index), ``redis/`` (AOF), ``redis.conf`` (its password), ``run/*.pid`` and
+  ``run/redis.sock``, ``logs/``, ``credentials.json``.
 
-Library code: no printing; functions return what happened and raise :class:`StageError` /
-:class:`MissingDependencyError` with a fix.
+Nobody else on the machine gets in: the home folder is 0700 and every process we start runs with
+umask 077 (database, index, logs and secrets are 0600); Redis listens on no TCP port, only on a unix
+socket (0600, inside the 0700 folder) and requires a random password (the rq worker unpickles jobs
+from it, so whoever can write to it runs code as this user); the server binds 127.0.0.1; secrets are
+never put on a command line (``ps`` shows those to every user) — the owner is created from stdin.
+
+Library code: no printing; functions return what happened and raise :class:`StageError` with a fix.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from schemas.errors import MissingDependencyError, StageError
+from schemas.errors import StageError
 
 SERVER_PINS = (
     "argilla-server==2.8.0",
@@ -35,6 +41,9 @@ SERVER_PINS = (
 )
 LAUNCHER = Path(__file__).parent / "server" / "launch.py"
 PROCESSES = ("redis", "worker", "server")
+UMASK = 0o077
+#: longest unix socket path Linux accepts (sun_path is 108 bytes with the final NUL)
+MAX_SOCKET_PATH = 107
 
 
 @dataclass(frozen=True)
@@ -44,17 +53,15 @@ class Embedded:
     home: Path
     venv: Path
     port: int = 6900
-    redis_port: int = 6390
     host: str = "127.0.0.1"
 
     @classmethod
-    def from_env(cls, *, port: int | None = None, redis_port: int | None = None) -> "Embedded":
+    def from_env(cls, *, port: int | None = None) -> "Embedded":
         cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "slmforge"
         return cls(
-            home=Path(os.environ.get("SLMFORGE_ARGILLA_HOME", cache / "argilla")).expanduser(),
+            home=Path(os.environ.get("SLMFORGE_ARGILLA_HOME", cache / "argilla")).expanduser().absolute(),
             venv=Path(os.environ.get("SLMFORGE_ARGILLA_VENV", cache / "argilla-server-venv")).expanduser(),
             port=port or int(os.environ.get("SLMFORGE_ARGILLA_PORT", "6900")),
-            redis_port=redis_port or int(os.environ.get("SLMFORGE_ARGILLA_REDIS_PORT", "6390")),
         )
 
     @property
@@ -77,12 +84,28 @@ class Embedded:
     def credentials_file(self) -> Path:
         return self.home / "credentials.json"
 
+    @property
+    def redis_socket(self) -> Path:
+        return self.run_dir / "redis.sock"
+
+    @property
+    def redis_conf(self) -> Path:
+        return self.home / "redis.conf"
+
+    def redis_password(self) -> str:
+        """The Redis password from redis.conf (0600), made at the first start."""
+        for line in self.redis_conf.read_text().splitlines():
+            if line.startswith("requirepass "):
+                return line.split(None, 1)[1].strip()
+        raise StageError(f"{self.redis_conf} has no 'requirepass' line", fix=f"delete {self.redis_conf} and start again")
+
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("ARGILLA_", "VIRTUAL_ENV", "PYTHON"))}
+        redis_url = f"unix://:{self.redis_password()}@{self.redis_socket}?db=0" if self.redis_conf.exists() else ""
         env.update(
             ARGILLA_HOME_PATH=str(self.home),
             ARGILLA_DATABASE_URL=f"sqlite+aiosqlite:///{self.home / 'argilla.db'}",
-            ARGILLA_REDIS_URL=f"redis://{self.host}:{self.redis_port}/0",
+            ARGILLA_REDIS_URL=redis_url,
             ARGILLA_SEARCH_ENGINE="sqlite",
             ARGILLA_ENABLE_TELEMETRY="0",
             HF_HUB_DISABLE_TELEMETRY="1",
@@ -151,13 +174,11 @@ def running(emb: Embedded) -> dict[str, int]:
 def _spawn(emb: Embedded, name: str, cmd: list[str]) -> int:
     emb.log_dir.mkdir(parents=True, exist_ok=True)
     emb.run_dir.mkdir(parents=True, exist_ok=True)
-    log = open(emb.log_dir / f"{name}.log", "ab")
+    log = os.fdopen(os.open(emb.log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=emb.env(), cwd=str(emb.home), start_new_session=True)
+                            env=emb.env(), cwd=str(emb.home), start_new_session=True, umask=UMASK)
     log.close()
-    tmp = _pid_file(emb, name).with_suffix(".tmp")
-    tmp.write_text(str(proc.pid))
-    os.replace(tmp, _pid_file(emb, name))
+    _write_secret(_pid_file(emb, name), str(proc.pid))
     return proc.pid
 
 
@@ -167,9 +188,61 @@ def _port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
-def _run_launcher(emb: Embedded, *args: str) -> subprocess.CompletedProcess:
+def _run_launcher(emb: Embedded, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([str(emb.python), str(LAUNCHER), *args], env=emb.env(), cwd=str(emb.home),
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, input=stdin, umask=UMASK)
+
+
+def _write_secret(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def lock_down(emb: Embedded) -> None:
+    """Home folder and its subfolders 0700, files 0600 (also fixes homes made by older versions)."""
+    emb.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for d in (emb.home, emb.run_dir, emb.log_dir, emb.home / "redis"):
+        d.mkdir(exist_ok=True, mode=0o700)
+    for folder, dirs, files in os.walk(emb.home):
+        os.chmod(folder, 0o700)
+        for name in files:
+            path = os.path.join(folder, name)
+            if not os.path.islink(path):
+                os.chmod(path, 0o600)
+
+
+def _redis_config(emb: Embedded) -> None:
+    """redis.conf (0600): no TCP port, a unix socket 0600, a random password kept across restarts."""
+    if len(str(emb.redis_socket)) > MAX_SOCKET_PATH:
+        raise StageError(f"the Redis socket path is longer than {MAX_SOCKET_PATH} bytes: {emb.redis_socket}",
+                         fix="set SLMFORGE_ARGILLA_HOME to a shorter folder")
+    password = emb.redis_password() if emb.redis_conf.exists() else secrets.token_hex(32)
+    _write_secret(emb.redis_conf, "\n".join([
+        "port 0", f"unixsocket {emb.redis_socket}", "unixsocketperm 600", f"requirepass {password}",
+        f"dir {emb.home / 'redis'}", "appendonly yes", 'save ""', "daemonize no", "protected-mode yes", ""]))
+
+
+def redis_ping(emb: Embedded, *, password: str | None) -> str:
+    """The first reply line of PING over the socket (after AUTH when ``password`` is given)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(2.0)
+        s.connect(str(emb.redis_socket))
+        if password is not None:
+            s.sendall(f"AUTH {password}\r\n".encode())
+            s.recv(1024)
+        s.sendall(b"PING\r\n")
+        return s.recv(1024).decode(errors="replace").strip()
+
+
+def _redis_up(emb: Embedded) -> bool:
+    try:
+        return redis_ping(emb, password=emb.redis_password()) == "+PONG"
+    except OSError:
+        return False
 
 
 def credentials(emb: Embedded) -> dict[str, str] | None:
@@ -196,39 +269,35 @@ def start(emb: Embedded, *, timeout: float = 120.0) -> dict[str, object]:
     t0 = time.monotonic()
     redis = shutil.which("redis-server")
     if redis is None:
-        raise MissingDependencyError(
-            "redis-server is not installed; the embedded Argilla server needs it for its job queue.\n"
-            "Install it with: apt-get update && apt-get install -y redis-server\n"
-            "(or point ARGILLA_API_URL/ARGILLA_API_KEY at an existing Argilla server)."
+        raise StageError(
+            "redis-server is not installed; the embedded Argilla server needs it for its job queue",
+            fix="apt-get update && apt-get install -y redis-server (or point ARGILLA_API_URL/ARGILLA_API_KEY at an "
+                "existing Argilla server)",
         )
     built = ensure_venv(emb)
-    emb.home.mkdir(parents=True, exist_ok=True)
+    lock_down(emb)
     alive = running(emb)
     started = []
+    if alive and not emb.redis_conf.exists():
+        raise StageError("an embedded server started by an older slmforge (Redis without a password) is running",
+                         fix="stop it with `slmforge annotate stop`, then start again")
     if "redis" not in alive:
-        if _port_open(emb.host, emb.redis_port):
-            raise StageError(f"port {emb.redis_port} is taken by a process slmforge did not start; "
-                             "set SLMFORGE_ARGILLA_REDIS_PORT to a free port.")
-        (emb.home / "redis").mkdir(exist_ok=True)
-        _spawn(emb, "redis", [redis, "--port", str(emb.redis_port), "--bind", emb.host, "--dir",
-                              str(emb.home / "redis"), "--appendonly", "yes", "--save", "", "--daemonize", "no"])
+        _redis_config(emb)
+        emb.redis_socket.unlink(missing_ok=True)  # left by a killed redis
+        _spawn(emb, "redis", [redis, str(emb.redis_conf)])
         started.append("redis")
-        _wait("redis-server", lambda: _port_open(emb.host, emb.redis_port), timeout=20, log=emb.log_dir / "redis.log")
+        _wait("redis-server", lambda: _redis_up(emb), timeout=20, log=emb.log_dir / "redis.log")
     if "server" not in alive:
         migrate = _run_launcher(emb, "database", "migrate")
         if migrate.returncode != 0:
             raise StageError(f"`argilla_server database migrate` failed:\n{migrate.stderr[-3000:]}")
         if credentials(emb) is None:
             creds = {"username": "owner", "password": secrets.token_urlsafe(12), "api_key": secrets.token_urlsafe(24)}
-            made = _run_launcher(emb, "database", "users", "create", "--username", creds["username"],
-                                 "--password", creds["password"], "--api-key", creds["api_key"],
-                                 "--role", "owner", "--first-name", "Owner", "--workspace", "argilla")
+            made = _run_launcher(emb, "create-owner", stdin=json.dumps({**creds, "workspace": "argilla"}))
             if made.returncode != 0:
-                raise StageError(f"creating the owner user failed:\n{made.stdout[-2000:]}{made.stderr[-2000:]}")
-            tmp = emb.credentials_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(creds, indent=2))
-            tmp.chmod(0o600)
-            os.replace(tmp, emb.credentials_file)
+                raise StageError("creating the owner user failed:\n"
+                                 + (made.stdout[-2000:] + made.stderr[-2000:]).replace(creds["api_key"], "***"))
+            _write_secret(emb.credentials_file, json.dumps(creds, indent=2))
     if "worker" not in alive:
         _spawn(emb, "worker", [str(emb.python), str(LAUNCHER), "worker", "--num-workers", "1"])
         started.append("worker")

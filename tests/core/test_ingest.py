@@ -90,7 +90,7 @@ def test_ids_are_stable_across_reingest_and_location(tmp_path):
 def test_glob_inputs_and_missing_path(tmp_path):
     make_corpus(tmp_path / "corpus")
     files = discover([str(tmp_path / "corpus" / "docs" / "*.md")])
-    assert [uri for _, uri in files] == ["docs/copy-of-runbook.md", "docs/runbook.md"]
+    assert [e.uri for e in files] == ["docs/copy-of-runbook.md", "docs/runbook.md"]
     from schemas.errors import ConfigError
 
     with pytest.raises(ConfigError, match="does not exist"):

@@ -133,7 +133,9 @@ class SQLiteSearchEngine(SearchEngine):
             return False
 
     async def info(self) -> dict:
-        return {"engine": "sqlite", "path": self.path, "sqlite_version": sqlite3.sqlite_version}
+        # served without a key by /api/v1/status: no file paths (upstream's Elasticsearch engine returns the
+        # cluster's name and version here, nothing about the machine)
+        return {"engine": "sqlite", "sqlite_version": sqlite3.sqlite_version}
 
     # --- indexes --------------------------------------------------------------------------
     async def create_index(self, dataset) -> None:
