@@ -64,27 +64,29 @@ def detect(
 @pii_app.command("scrub")
 def scrub(
     input: Path = typer.Option(..., "--input", exists=True, dir_okay=False, help="Parquet with columns id, text."),
-    output: Path = typer.Option(..., "--output", help="Same rows with 'text' scrubbed."),
+    output: Path = typer.Option(..., "--output", help="Same rows with every text column scrubbed."),
     mode: str = typer.Option("ner", help="ner | patterns"),
     anonymize: str = typer.Option("placeholder", help="redact | placeholder | pseudonym"),
     threshold: float = typer.Option(0.5, help="Minimum score 0..1."),
-    workers: int = typer.Option(1, help="Worker processes."),
     entities: str = typer.Option(None, help="Comma-separated entity types (default: all)."),
 ) -> None:
-    """Replace PII/secrets in the text column and write the table back."""
-    import pyarrow as pa
+    """Replace PII/secrets in every text column (text, title, meta, source ...) and write the table back."""
     from rich.console import Console
 
-    from curation.pii import scrub_texts
+    from curation.pii.columns import scrub_table, text_columns
     from schemas.io import write_parquet
 
     table = _read(input)
-    texts, spans = scrub_texts(table.column("text").to_pylist(),
-                               config=_config(mode, anonymize, threshold, workers, entities))
-    col = table.schema.get_field_index("text")
-    table = table.set_column(col, table.schema.field(col), pa.array(texts, type=table.schema.field(col).type))
+    cfg = _config(mode, anonymize, threshold, 1, entities)
+    table, reports = scrub_table(table, cfg)
+    failed = [(i, r.error) for i, r in zip(table.column("id").to_pylist(), reports) if r.error is not None]
+    if failed:
+        raise typer.BadParameter(f"{len(failed)} rows could not be analysed (first: {failed[0][0]}: {failed[0][1]}); "
+                                 "nothing written. Fix or drop them, or run the recipe stage, which quarantines them.")
     write_parquet(table, output)
-    Console().print(f"{sum(map(len, spans))} spans replaced in {sum(1 for s in spans if s)}/{table.num_rows} documents -> {output}")
+    spans = [s for r in reports for col in r.applied.values() for s in col]
+    Console().print(f"{len(spans)} spans replaced in {sum(r.changed for r in reports)}/{table.num_rows} documents "
+                    f"(columns: {', '.join(text_columns(table.schema, cfg))}) -> {output}")
 
 
 def register(app: typer.Typer) -> None:
