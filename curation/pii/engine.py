@@ -57,7 +57,24 @@ def build_analyzer(config: PiiConfig):
         registry.add_recognizer(recognizer)
     else:
         engine = _noop_engine()
-    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"],
+                          context_aware_enhancer=_no_context_enhancer())
+
+
+def _no_context_enhancer():
+    """Our recognizers weigh their own context (windows around the match); Presidio's lemma-based enhancer
+    would only deep-copy every result list and walk every token again."""
+    from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
+
+    class NoContext(ContextAwareEnhancer):
+        def __init__(self) -> None:
+            super().__init__(context_similarity_factor=0.0, min_score_with_context_similarity=0.0,
+                             context_prefix_count=0, context_suffix_count=0)
+
+        def enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):  # noqa: ANN001
+            return raw_results
+
+    return NoContext()
 
 
 def _noop_engine():
@@ -115,7 +132,9 @@ def analyze_batch(texts: Sequence[str], config: PiiConfig) -> list[list[dict]]:
         pieces.extend((i, off, c) for off, c in _chunks(t, config.chunk_chars))
     chunks = [p[2] for p in pieces]
     engine = analyzer.nlp_engine
-    if hasattr(engine, "nlp") and engine.nlp:
+    if hasattr(engine, "process_views"):
+        artifacts = list(engine.process_views(chunks, config.batch_size))
+    elif hasattr(engine, "nlp") and engine.nlp:
         artifacts = [a for _, a in engine.process_batch(chunks, "en", batch_size=config.batch_size)]
     else:
         artifacts = [engine.process_text(c, "en") for c in chunks]

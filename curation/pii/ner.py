@@ -6,7 +6,9 @@ so a bad NER span ("Lyndsey Flahive\\nDOB") must be removed before it can hide a
 
 from __future__ import annotations
 
+import bisect
 import re
+from dataclasses import dataclass
 
 from schemas.errors import ConfigError
 
@@ -68,6 +70,43 @@ def common_word(entity: str, value: str, text: str) -> bool:
     return low != v and re.search(r"(?<![\w-])" + re.escape(low) + r"(?![\w-])", text) is not None
 
 
+#: a line NER reads must hold a capitalised word: PERSON/LOCATION spans must start upper-case (keep_ner_span) and
+#: dates in other lines are the patterns' job; lines of lower-case config, code and logs skip the network
+_NAMEY = re.compile(r"(?<![\w.@/\\-])[A-Z][a-z]")
+
+
+@dataclass
+class _Ent:
+    start_char: int
+    end_char: int
+    label_: str
+
+
+def ner_view(text: str) -> tuple[str, list[tuple[int, int, int]]]:
+    """(the lines of ``text`` that may hold a name or place, joined; segments (view start, text start, length))."""
+    if not text:
+        return text, [(0, 0, 0)]
+    parts, segs, vpos, tpos = [], [], 0, 0
+    for line in text.splitlines(True):
+        if _NAMEY.search(line):
+            if segs and segs[-1][1] + segs[-1][2] == tpos:  # adjacent to the previous kept line: one segment
+                v, t, n = segs[-1]
+                segs[-1] = (v, t, n + len(line))
+            else:
+                segs.append((vpos, tpos, len(line)))
+            parts.append(line)
+            vpos += len(line)
+        tpos += len(line)
+    return "".join(parts), segs or [(0, 0, 0)]
+
+
+def _to_text(pos: int, segs: list[tuple[int, int, int]]) -> tuple[int, int]:
+    """(offset in the text of view offset ``pos``, end of its segment in the text)."""
+    i = max(bisect.bisect_right([s[0] for s in segs], pos) - 1, 0)
+    v, t, n = segs[i]
+    return t + pos - v, t + n
+
+
 def spacy_engine(config, entities: list[str]):
     """(SpacyNlpEngine with only tok2vec + ner, a filtering SpacyRecognizer) for ``config.spacy_model``."""
     import spacy
@@ -102,7 +141,33 @@ def spacy_engine(config, entities: list[str]):
         labels_to_ignore=["CARDINAL", "ORDINAL", "ORG", "FAC", "NORP", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW",
                           "LANGUAGE", "QUANTITY", "PERCENT", "MONEY"],
     )
-    engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": config.spacy_model}],
+    class NerOnlyEngine(SpacyNlpEngine):
+        def process_views(self, texts: list[str], batch_size: int):
+            """NlpArtifacts per text from NER over its :func:`ner_view`, entity offsets mapped back to the text."""
+            from presidio_analyzer.nlp_engine import NlpArtifacts
+
+            conf = self.ner_model_configuration
+            views = [ner_view(t) for t in texts]
+            for (_, segs), doc in zip(views, self.nlp["en"].pipe((v for v, _ in views), batch_size=batch_size)):
+                ents = []
+                for e in doc.ents:
+                    if e.label_ in conf.labels_to_ignore or e.label_ not in conf.model_to_presidio_entity_mapping:
+                        continue
+                    start, seg_end = _to_text(e.start_char, segs)
+                    ents.append(_Ent(start, min(start + e.end_char - e.start_char, seg_end),
+                                     conf.model_to_presidio_entity_mapping[e.label_]))
+                yield NlpArtifacts(entities=ents, tokens=doc, tokens_indices=[], lemmas=[], nlp_engine=self,
+                                   language="en", scores=[conf.default_score] * len(ents))
+
+        def _doc_to_nlp_artifact(self, doc, language):  # noqa: ANN001 - no lemmas/token offsets: nothing reads them
+            from presidio_analyzer.nlp_engine import NlpArtifacts
+
+            entities, scores = self._get_updated_entities(doc.ents, [self.ner_model_configuration.default_score]
+                                                          * len(doc.ents))
+            return NlpArtifacts(entities=entities, tokens=doc, tokens_indices=[], lemmas=[], nlp_engine=self,
+                                language=language, scores=scores)
+
+    engine = NerOnlyEngine(models=[{"lang_code": "en", "model_name": config.spacy_model}],
                             ner_model_configuration=ner_conf)
     engine.nlp = {"en": nlp}
     return engine, FilteredSpacyRecognizer(supported_entities=entities, supported_language="en")
