@@ -153,7 +153,7 @@ def main() -> None:
     _offline_tldextract()
     print(f"spaCy model {MODEL}; date {time.strftime('%Y-%m-%d')}")
     measured = {"date": time.strftime("%Y-%m-%d"), "spacy_model": MODEL,
-                "command": "flock /work/helpers/heavy.lock python bench/pii/run.py " + " ".join(sys.argv[1:]), "sets": {}}
+                "command": "python bench/pii/run.py " + " ".join(sys.argv[1:]), "sets": {}}
     for path in a.sets:
         rows = [json.loads(line) for line in open(path)]
         texts = [r["text"] for r in rows]

@@ -126,10 +126,12 @@ def spacy_engine(config, entities: list[str]):
                     out.append(r)
             return out
 
-    if not spacy.util.is_package(config.spacy_model):
+    from pathlib import Path
+
+    if not (spacy.util.is_package(config.spacy_model) or (Path(config.spacy_model) / "meta.json").is_file()):
         raise ConfigError(
             f"spaCy pipeline {config.spacy_model!r} is not installed", received=config.spacy_model,
-            expected="an installed spaCy pipeline package",
+            expected="an installed spaCy pipeline package or a pipeline directory (with meta.json)",
             fix="pip install --no-deps --require-hashes -r requirements/spacy-model.txt, or set mode: patterns",
         )
     nlp = spacy.load(config.spacy_model, disable=["parser", "senter", "tagger", "attribute_ruler", "lemmatizer"])
