@@ -102,7 +102,7 @@ def summary(rows: list[dict], engines: dict) -> dict:
         c = e["s"]["counts"]
         any_found = sum(c["any_type:" + g][2] for g in PII_ENTITIES)
         any_gold = sum(c["any_type:" + g][3] for g in PII_ENTITIES)
-        per = {key: {"gold": c[key][3], "precision": round(pr(c[key])[0], 4), "recall": round(pr(c[key])[1], 4),
+        per = {key: {"gold": c[key][3], "predicted": c[key][1], "precision": round(pr(c[key])[0], 4), "recall": round(pr(c[key])[1], 4),
                      "leak": round(1 - pr(c[key])[1], 4)} for key in c}
         out[k] = {"docs": len(rows), "pii_free_unchanged": round(e["s"]["unchanged"], 4), "pii_free": e["s"]["n_clean"],
                   "lookalikes_kept": round(e["s"]["decoys_kept"], 4), "docs_per_cpu_second": round(len(rows) / e["cpu"], 1),
