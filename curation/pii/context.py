@@ -27,6 +27,8 @@ PLACE = rf"(?:(?:St|Ste|Sta|Sto|Mt|Ft|Pt)\.?[ \t]+)?[{UP}][{LOW}'’]+(?:(?:[ \t
 _MONTHS_DAYS = {"january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
                 "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
                 "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"}
+PLACE_FEW = PLACE.removesuffix("{0,3}") + "{0,3}?"  # lazy: "Whitby" in "Whitby General Hospital"
+assert PLACE_FEW.endswith("?")
 _GREETING = (r"(?:Hi|Hello|Hey|Heya|Hiya|Dear|Morning|Good morning|Good afternoon|Good evening|Evening|Afternoon|"
              r"Greetings|Howdy|Bonjour|Hallo|Hola|Ciao|Salut|Moin)")
 _SIGNOFF = (r"(?:Thanks|Thank you|Thanks again|Many thanks|Thx|Ta|Cheers|Regards|Best|Best regards|Kind regards|"
@@ -42,7 +44,12 @@ _ROLE = (r"(?i:\b(?:author|authors|maintainer|maintained by|reporter|reported by
 _PLACE_WORDS = (r"(?i:\b(?:lives in|living in|lived in|based in|located in|resides in|residing in|resident of|"
                 r"moved to|moving to|relocated to|born in|grew up in|travell?(?:ing|ed)? to|flew to|flying to|"
                 r"visiting|offices? in|branch in|clinic in|hospital in|near|outside|suburb of|town of|city of|"
-                r"village of|county of|province of|region of|lives with [\w ]{1,24} in|stationed in|works in)\b)")
+                r"village of|county of|province of|region of|lives with [\w ]{1,24} in|stationed in|works in|"
+                r"trip to|back from|arrived (?:in|at)|drove (?:to|from|up from|down from)|driving (?:to|from)|"
+                r"headed to|heading to|returned (?:to|from)|home in|weekend in|holiday in|vacation in|"
+                r"stay(?:ing|ed)? in|hometown|hometown of|native of|commutes? from|transferred from [\w ]{1,24} in)\b)")
+_US_STATES = (r"(?:AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|"
+              r"NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY)")
 _PLACE_OFFICE = (r"(?i:\b(?:the|our|their|your|its))[ \t]+(?P<v>" + PLACE + r")[ \t]+(?i:office|clinic|branch|site|store|hospital|campus|"
                  r"depot|warehouse|plant|factory|surgery|practice|centre|center|location|facility|pharmacy|shop|hq|headquarters|"
                  r"data ?cent(?:er|re)|airport)\b")
@@ -79,9 +86,17 @@ def proper_name_or_address(value: str, text: str, start: int, end: int) -> bool:
     return any(ch.isdigit() for ch in value) or proper_name(value, text, start, end)
 
 
+_PLACEHOLDER_HEADS = {"PERSON", "EMAIL", "PHONE", "LOCATION", "CREDIT", "IBAN", "US", "IP", "URL", "DATE", "AWS",
+                      "GITHUB", "SLACK", "GOOGLE", "STRIPE", "OPENAI", "API", "JWT", "PRIVATE", "PASSWORD", "SECRET",
+                      "CONNECTION"}
+
+
 def handle_ok(value: str, text: str, start: int, end: int) -> bool:
     """A chat handle / username: not a role, bot, broadcast word or code decorator."""
     low = value.lower().strip("@+%~&")
+    bare = value.strip("@+%~&")
+    if re.fullmatch(r"[A-Z_]+(?:_\d+|_[0-9a-f]{8})?", bare) and bare.split("_")[0] in _PLACEHOLDER_HEADS:
+        return False  # our own placeholder (<PERSON>, <EMAIL_ADDRESS_1>) seen again by a rescan
     if low in NOT_NAMES or low in _tech_words() or re.search(r"bot\b|^ci$|^gh$|^svc|service|system|deploy", low):
         return False
     line_start = text.rfind("\n", 0, start) + 1
@@ -162,7 +177,7 @@ def context_recognizers() -> list[EntityRecognizer]:
             (rf"\"(?P<v>{FULL}(?:,[ \t]{NAME})?)\"[ \t]*<[^<>@\s]+@[^<>\s]+>", 0.85),
         ], group="v", validate=proper_name, name="slmforge_person_context"),
         RegexRecognizer("PERSON", [
-            (r"<@[UW][A-Z0-9]{6,12}\|(?P<v>[^>|\s]{1,40})>", 0.85),  # Slack mention <@U0123ABC|handle>
+            (r"<@[UW][A-Z0-9]{6,12}\|(?P<v>[^\W_][\w.-]{0,39})>", 0.85),  # Slack mention <@U0123ABC|handle>
             (r"\b(?:TODO|FIXME|XXX|HACK)\((?P<v>[A-Za-z][\w.-]{1,30})\)", 0.75),
             (r"(?<![\w.@/\"'`<])@(?P<v>[^\W\d_][\w.-]{0,30}[^\W_])(?![\w@/(-]|\.[^\W\d_])", 0.7),
             (r"^[ \t]*(?:\[[^\]\n]{1,40}\][ \t]*)?<[@+%~&]?(?P<v>[A-Za-z][\w.|-]{0,30})>", 0.8),
@@ -173,6 +188,11 @@ def context_recognizers() -> list[EntityRecognizer]:
             (_PLACE_OFFICE, 0.75),
             (rf"\b(?:in|from)[ \t]+(?P<v>{PLACE})(?=[ \t]*(?:[.;!?]|,[ \t]|$))", 0.35),
             (rf"(?<![\w-])(?P<v>{PLACE})-based\b", 0.75),
+            (rf"\b(?P<v>{PLACE}),[ \t]+{_US_STATES}(?:[ \t]+\d{{5}}(?:-\d{{4}})?)?(?![\w-])", 0.75),  # Ouray, CO 81427
+            (rf"\b(?P<v>{PLACE_FEW})[ \t]+(?:General Hospital|Hospital|Medical Cent(?:er|re)|Infirmary|County|Airport|"
+             rf"Train Station|Station)\b", 0.6),
+            (rf"\bin[ \t]+(?P<v>{PLACE})[ \t]+(?:on|last|next|this|yesterday|today|tomorrow|since|until|during|"
+             rf"for the|over the)\b", 0.6),
             (rf"\bfrom[ \t]+(?P<v>{PLACE})[ \t]+to[ \t]+[{UP}]", 0.6),
             (rf"\bfrom[ \t]+{PLACE}[ \t]+to[ \t]+(?P<v>{PLACE})", 0.6),
             # Via Roma 12, 20121 Milano / 12 Rue X, 75001 Paris / Kerkstraat 7\n1234 AB Horssen (one span)
