@@ -132,6 +132,8 @@ def quantize_all(f16: Path, out: Path, *, name: str, quants: list[str], imatrix:
 
 class ExportStage(Stage[ExportConfig]):
     kind = "artifact"
+    needs = ("examples", "base_model", "adapter")
+    provides = "export"  # what a bundle step needs
     version = "4"  # 4: llama.cpp quantises (K-quants) and verifies (KL divergence gates)
     #: checked at plan time when the dataset step is listed first in inputs
     requires = EXAMPLE_COLUMNS
