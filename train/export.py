@@ -2,7 +2,8 @@
 
 Top to bottom: merge (and check the merged model equals the adapter-applied one) -> write the F16 GGUF
 (``train.gguf_export``) -> optional importance matrix (llama.cpp, train split) -> quantise with llama.cpp's
-own quantiser (``llama_model_quantize``: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0) -> tokenizer check in llama.cpp
+own quantiser (``llama_model_quantize``: Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0; Q4_0 by default GPTQ-calibrated on
+the train split instead, ``train.q4_calibrate``, which measured far closer to the merged model) -> tokenizer check in llama.cpp
 (training conversations and plain text tokenize to the training ids, BOS exactly once, end-of-turn is an
 end-of-generation token) -> greedy generation in llama.cpp stops at the end-of-turn token -> KL divergence,
 top-1 agreement and perplexity ratio of every file against the merged model over held-out text, gated per
@@ -113,20 +114,27 @@ def gate_failures(stats: dict[str, Any], gate: KLDGate) -> list[str]:
 
 
 def quantize_all(f16: Path, out: Path, *, name: str, quants: list[str], imatrix: dict | None,
-                 threads: int | None, progress) -> dict[str, dict[str, Any]]:
-    """llama.cpp's quantiser from the F16 file to every type in ``quants`` except F16."""
+                 threads: int | None, progress, write_gptq=None) -> dict[str, dict[str, Any]]:
+    """llama.cpp's quantiser from the F16 file to every type in ``quants`` except F16 (and Q4_0 when
+    ``write_gptq(path)`` is given: GPTQ-calibrated, written by slmforge; returns the calibration's stats)."""
     from train.llama_cpp import quantize
 
     files = {}
     for q in quants:
         path = out / f"{name}-{q}.gguf"
         started = time.perf_counter()
-        if q != "F16":
+        method = "slmforge" if q == "F16" else "llama.cpp"
+        calibration = None
+        if q == "Q4_0" and write_gptq is not None:
+            calibration, method = write_gptq(path), "gptq"
+        elif q != "F16":
             quantize(f16, path, qtype=q, threads=threads, imatrix=imatrix)
+        if q != "F16":
             progress(1)
-        files[q] = {"file": path.name, "type": q, "bytes": path.stat().st_size,
-                    "imatrix": imatrix is not None and q != "F16",
-                    "write_seconds": round(time.perf_counter() - started, 3)}
+        files[q] = {"file": path.name, "type": q, "bytes": path.stat().st_size, "method": method,
+                    "imatrix": imatrix is not None and method == "llama.cpp",
+                    "write_seconds": round(time.perf_counter() - started, 3),
+                    **({"calibration": calibration} if calibration else {})}
     return files
 
 
@@ -185,8 +193,18 @@ class ExportStage(Stage[ExportConfig]):
             imatrix_info = {"file": f"{cfg.model_name}.imatrix.gguf", "sequences": stats.sequences,
                             "tokens": stats.tokens, "tensors": len(stats.sums),
                             "seconds": round(time.perf_counter() - started, 3)}
+        write_gptq = None
+        if "Q4_0" in cfg.quantizations and cfg.q4_0_method == "gptq":
+            def write_gptq(path: Path) -> dict[str, Any]:
+                from train.q4_calibrate import calibrate_q4_0, calibration_sequences
+
+                calib = calibration_sequences(tokenizer, inputs.examples, rows=cfg.calibration_rows,
+                                              max_length=cfg.calibration_max_length)
+                weights, info = calibrate_q4_0(merged, calib, damp=cfg.calibration_damp)
+                write_gguf(merged, tokenizer, path, quant="Q4_0", name=cfg.model_name, q4_0_weights=weights)
+                return info
         files = quantize_all(f16, out, name=cfg.model_name, quants=cfg.quantizations, imatrix=imatrix,
-                             threads=cfg.threads, progress=ctx.progress)
+                             threads=cfg.threads, progress=ctx.progress, write_gptq=write_gptq)
         if "F16" in files:
             files["F16"]["write_seconds"] = round(f16_seconds, 3)
         paths = {q: out / f["file"] for q, f in files.items()}

@@ -12,7 +12,7 @@ def _file_rows(files: list[dict[str, Any]]) -> list[str]:
         v, g, t = f["verify"], f["gate"], f["tokenizer"]
         tok = "ok" if not t["failed"] else f"{t['failed']} differences"
         rows.append(
-            f"| {f['file']}{' (imatrix)' if f.get('imatrix') else ''} | {f['bytes'] / 2**20:,.1f} MiB | "
+            f"| {f['file']}{' (imatrix)' if f.get('imatrix') else ''}{' (GPTQ)' if f.get('method') == 'gptq' else ''} | {f['bytes'] / 2**20:,.1f} MiB | "
             f"{f['bits_per_weight']:.2f} | {v['kld_mean']:.6f} | {v['kld_p99']:.5f} | {100 * v['top1']:.2f} % | "
             f"{v['ppl_ratio']:.4f} | {tok} | ≤ {g['max_kld_mean']:g} / ≤ {g['max_kld_p99']:g} / ≥ {g['min_top1']:g} / "
             f"≤ {g['max_ppl_ratio']:g} | {'PASS' if f['passed'] else 'FAIL'} |")
@@ -43,6 +43,12 @@ def model_card(*, name: str, base: str, stats: dict[str, Any], eval_md: str | No
         "template's end-of-turn token ends generation in llama.cpp.", "",
         *_file_rows(files), "",
     ]
+    for f in files:
+        c = f.get("calibration")
+        if c:
+            lines += [f"`{f['file']}`: GPTQ with full-precision targets on {c['sequences']} train-split conversations "
+                      f"({c['tokens']:,} tokens, damping {c['damp']}, {c['seconds']:.1f} s), written by slmforge in the "
+                      "standard Q4_0 format.", ""]
     im = stats.get("imatrix")
     if im:
         lines += [f"Importance matrix (`{im['file']}`, llama.cpp's format): {im['sequences']} train-split conversations, "

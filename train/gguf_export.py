@@ -91,8 +91,8 @@ def quantize_q4_0(data: np.ndarray, *, chunk: int = 1 << 16) -> np.ndarray:
     one by least squares (``q4_0_scales``), which lowers the rounding error (measured in
     tests/train/test_gguf_quant.py). Weighting the error by activation statistics (llama.cpp's
     imatrix) was tried on the demo model and moved its logit noise by < 1 %, so it is not done.
-    This rounds each weight on its own (``q4_calibration: none``); the export's default,
-    ``train.q4_calibrate``, rounds with GPTQ on train-split activations instead.
+    It is the round-to-nearest baseline of ``train.q4_calibrate`` (the export's Q4_0: GPTQ on train-split
+    activations; ``q4_0_method: llama.cpp`` uses llama.cpp's quantiser instead).
     """
     shape = data.shape
     blocks = data.reshape(-1, 32).astype(np.float32)

@@ -59,7 +59,7 @@ def calibration_sequences(tokenizer, examples: Path, *, rows: int, max_length: i
     train = read_examples(examples, split="train")[:rows]
     if not train:
         raise StageError("export: no train-split rows to calibrate the Q4_0 file with", received=str(examples),
-                         fix="give the dataset step train rows, or set q4_calibration: none on the export step")
+                         fix="give the dataset step train rows, or set q4_0_method: llama.cpp on the export step")
     return [encode_example(tokenizer, conv, max_length=max_length)["input_ids"] for conv in conversations(train)]
 
 
@@ -67,7 +67,7 @@ def _decoder_layers(model) -> Any:
     layers = getattr(getattr(model, "model", None), "layers", None)
     if layers is None:
         raise StageError("Q4_0 calibration: the model has no model.layers (decoder layers)",
-                         received=type(model).__name__, fix="set q4_calibration: none on the export step")
+                         received=type(model).__name__, fix="set q4_0_method: llama.cpp on the export step")
     return layers
 
 
@@ -108,7 +108,7 @@ def _capture(model, layers, batches: list[tuple[Any, Any]]) -> tuple[list[Any], 
         def forward(hidden_states, *args, **kw):
             if args:
                 raise StageError("Q4_0 calibration: a decoder layer got positional arguments besides the hidden states",
-                                 received=len(args), fix="set q4_calibration: none on the export step")
+                                 received=len(args), fix="set q4_0_method: llama.cpp on the export step")
             if i == 0:
                 first.append(hidden_states)
             kwargs[i].append(kw)
