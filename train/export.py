@@ -22,8 +22,9 @@ from schemas.errors import StageError
 from schemas.io import write_json, write_text
 from schemas.stage import Stage, StageContext
 from train.inputs import EXAMPLE_COLUMNS
-from train.chat import CHATML_TEMPLATE, IM_END, encode_example, parity_gate
+from train.chat import encode_example, parity_gate
 from train.gguf_export import write_gguf
+from train.modelfile import ollama_modelfile
 from train.inputs import conversations, find_inputs, load_model, load_tokenizer, read_examples, torch_setup
 
 
@@ -194,21 +195,6 @@ def merge_adapter(base_dir: Path, adapter: Path, probe: list[dict[str, Any]], *,
     return merged, max(float((b - item_logits(merged, it)).abs().max()) for b, it in zip(before, probe[:n])), n
 
 
-def ollama_modelfile(*, gguf_name: str, template: str | None, system: str | None, stop: str | None) -> str:
-    lines = [f"FROM ./{gguf_name}", ""]
-    if template == CHATML_TEMPLATE:
-        lines += ['TEMPLATE """<s>{{- range .Messages }}<|im_start|>{{ .Role }}',
-                  "{{ .Content }}<|im_end|>", "{{ end }}<|im_start|>assistant", '"""']
-    else:
-        lines += ["# No TEMPLATE: Ollama reads the chat template stored in the GGUF (tokenizer.chat_template)."]
-    if system:
-        lines.append(f'SYSTEM """{system}"""')
-    if stop:
-        lines.append(f'PARAMETER stop "{stop}"')
-    lines.append("PARAMETER temperature 0")
-    return "\n".join(lines) + "\n"
-
-
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
@@ -362,9 +348,8 @@ class ExportStage(Stage[ExportConfig]):
             ctx.progress(1)
 
         # 6. Ollama Modelfile and the model card
-        eot = tokenizer.convert_ids_to_tokens([tokenizer.eos_token_id])[0] if tokenizer.eos_token_id is not None else IM_END
         modelfile = ollama_modelfile(gguf_name=f"{cfg.model_name}-{cfg.ollama_quantization}.gguf",
-                                     template=tokenizer.chat_template, system=cfg.system_prompt, stop=eot)
+                                     tokenizer=tokenizer, system=cfg.system_prompt)
         write_text(modelfile, out / "Modelfile")
         eval_md = None
         if inputs.eval is not None:

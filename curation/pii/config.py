@@ -18,12 +18,17 @@ PII_ENTITIES = [
 #: secret entities (recognizers of their own, see curation/pii/recognizers.py)
 SECRET_ENTITIES = [
     "AWS_ACCESS_KEY", "AWS_SECRET_KEY", "GITHUB_TOKEN", "SLACK_TOKEN", "GOOGLE_API_KEY", "STRIPE_KEY",
-    "OPENAI_KEY", "JWT", "PRIVATE_KEY", "PASSWORD", "CONNECTION_STRING",
+    "OPENAI_KEY", "API_KEY", "JWT", "PRIVATE_KEY", "PASSWORD", "SECRET", "CONNECTION_STRING",
 ]
 
 
+#: columns never scrubbed when ``columns`` is not given: identifiers, hashes and labels the pipeline joins on
+ID_COLUMNS = ["id", "doc_id", "content_hash", "format", "parent_ids", "source_ids", "split", "origin", "teacher",
+              "template", "stage", "action", "reason", "language", "lang"]
+
+
 class PiiConfig(StageConfig):
-    """Find and replace PII and secrets in the ``text`` column (Presidio analyzer, tuned for technical text)."""
+    """Find and replace PII and secrets in every text-bearing column (Presidio analyzer, tuned for technical text)."""
 
 
     stage: Literal["pii"] = "pii"
@@ -63,11 +68,34 @@ class PiiConfig(StageConfig):
         100_000, ge=1_000, le=1_000_000, description="Texts longer than this (characters) are analysed in chunks "
         "split at line breaks (spaCy max_length is 1,000,000)."
     )
+    columns: list[str] | None = Field(
+        None, description="Columns to scrub. Default (null): every string column and every string nested in list/struct "
+        "columns or in a JSON-object string column such as `meta`, except the identifier columns "
+        f"{ID_COLUMNS}. `source` (file names) is scrubbed with keyed pseudonyms so distinct sources stay "
+        "distinct (see docs/pii.md). A listed column that the input lacks is an error."
+    )
+    residual: Literal["replace", "review", "off"] = Field(
+        "replace", description="Second pass over the scrubbed output: spans still looking like PII at a lower score "
+        "(>= residual_threshold, below score_threshold) are 'replace'd, sent to the Argilla queue `review_queue` "
+        "('review': the row stays unchanged and is pushed for a human decision), or ignored ('off'). Counted in stats."
+    )
+    residual_threshold: float = Field(
+        0.3, ge=0.0, le=1.0, description="Minimum score (0..1) of a residual-scan span; below score_threshold."
+    )
+    review_queue: str = Field("pii-residual", min_length=1, description="Argilla dataset receiving residual spans "
+                              "when residual: review (one record per row, the suspect spans marked).")
+    review_workspace: str = Field("argilla", description="Argilla workspace of review_queue.")
+    api_url: str | None = runtime(None, description="Argilla URL for residual: review (default: ARGILLA_API_URL, "
+                                  "else the embedded server).")
     batch_size: int = runtime(64, ge=1, le=10_000, description="Texts per spaCy nlp.pipe batch.")
     workers: int = runtime(1, ge=1, le=256, description="Worker processes for find_pii/scrub_texts (one analyzer each).")
 
     @model_validator(mode="after")
     def _check_allow_list(self) -> "PiiConfig":
+        if self.residual != "off" and self.residual_threshold >= self.score_threshold:
+            raise ValueError(f"residual_threshold {self.residual_threshold} must be below score_threshold "
+                             f"{self.score_threshold}: the residual scan looks for what the first pass left; "
+                             "lower residual_threshold or set residual: off")
         if self.allow_list_match == "regex":
             for entry in self.allow_list:
                 try:

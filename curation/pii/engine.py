@@ -9,36 +9,9 @@ from typing import Any
 from curation.pii.config import SECRET_ENTITIES, PiiConfig
 from schemas.errors import ConfigError, require
 
-NER_ENTITIES = {"PERSON", "LOCATION", "DATE_TIME"}
+from curation.pii.ner import NER_ENTITIES, TECH_WORDS as _TECH  # noqa: F401 (re-exported)
+
 _ENGINES: dict[tuple, Any] = {}
-
-_CODEY = re.compile(r"[\d_/\\=<>{}()\[\]@#$%^*|~`;]|\.\w|[a-z][A-Z]|::|->")
-_TECH = {
-    "api", "json", "yaml", "http", "https", "sql", "null", "true", "false", "error", "warn", "info", "debug",
-    "docker", "kubernetes", "python", "java", "node", "linux", "redis", "postgres", "nginx", "config", "server",
-    "client", "admin", "root", "user", "prod", "staging", "readme", "todo", "fixme", "git", "github", "jira",
-}
-_DURATION = re.compile(r"^(?:\d+|a|an|one|two|few|several|last|next|every|each|the|this|past|per)?\s*"
-                       r"(?:ms|milliseconds?|seconds?|secs?|minutes?|mins?|hours?|hrs?|days?|weeks?|months?|years?|"
-                       r"daily|weekly|monthly|yearly|hourly|nightly|today|tomorrow|yesterday|night|morning|evening)s?$",
-                       re.IGNORECASE)
-_HAS_DATE = re.compile(r"(?:19|20)\d{2}|\b(?:jan|feb|mar|apr|may|jun|jul|aug|sep|oct|nov|dec)[a-z]*\b|"
-                       r"\b(?:mon|tues|wednes|thurs|fri|satur|sun)day\b|\d{1,2}:\d{2}\s*(?:am|pm)?", re.IGNORECASE)
-
-
-def keep_ner_span(entity: str, value: str) -> bool:
-    """Filter spaCy's PERSON/LOCATION/DATE_TIME spans on technical text."""
-    v = value.strip()
-    if len(v) < 2 or "\n" in v:
-        return False
-    if entity == "DATE_TIME":
-        return bool(_HAS_DATE.search(v)) and not _DURATION.match(v) and not re.fullmatch(r"\d{9,13}", v)
-    if _CODEY.search(v) or not v[0].isupper():
-        return False
-    words = v.split()
-    if any(w.isupper() and len(w) > 3 for w in words):  # ERROR, HTTPS, JSON ...
-        return False
-    return not all(w.lower().strip(".,'") in _TECH for w in words)
 
 
 def _offline_tldextract() -> None:
@@ -60,43 +33,27 @@ def build_analyzer(config: PiiConfig):
     from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
     from presidio_analyzer.nlp_engine import NerModelConfiguration, SpacyNlpEngine
 
-    from curation.pii.recognizers import pii_recognizers, secret_recognizers
+    from curation.pii.context import context_recognizers
+    from curation.pii.recognizers import pii_recognizers
+    from curation.pii.secrets import secret_recognizers
 
     _offline_tldextract()
     wanted = set(config.entities)
-    known = {r.supported_entities[0] for r in pii_recognizers() + secret_recognizers()} | NER_ENTITIES
+    recognizers = pii_recognizers() + context_recognizers() + secret_recognizers()
+    known = {r.supported_entities[0] for r in recognizers} | NER_ENTITIES
     unknown = sorted(wanted - known)
     if unknown:
         raise ConfigError(f"unknown PII entity types {unknown}", received=unknown,
                           expected=", ".join(sorted(known)), fix="fix the 'entities' list of the pii stage")
     registry = RecognizerRegistry(supported_languages=["en"])
-    for rec in pii_recognizers() + secret_recognizers():
+    for rec in recognizers:
         if rec.supported_entities[0] in wanted:
             registry.add_recognizer(rec)
     if config.mode == "ner" and wanted & NER_ENTITIES:
-        import spacy
-        from presidio_analyzer.predefined_recognizers import SpacyRecognizer
+        from curation.pii.ner import spacy_engine
 
-        if not spacy.util.is_package(config.spacy_model):
-            raise ConfigError(
-                f"spaCy pipeline {config.spacy_model!r} is not installed", received=config.spacy_model,
-                expected="an installed spaCy pipeline package",
-                fix="pip install --no-deps --require-hashes -r requirements/spacy-model.txt, or set mode: patterns",
-            )
-        nlp = spacy.load(config.spacy_model, disable=["parser", "senter", "tagger", "attribute_ruler", "lemmatizer"])
-        nlp.max_length = max(nlp.max_length, config.chunk_chars + 1)
-        ner_conf = NerModelConfiguration(
-            model_to_presidio_entity_mapping={"PERSON": "PERSON", "PER": "PERSON", "GPE": "LOCATION",
-                                              "LOC": "LOCATION", "DATE": "DATE_TIME", "TIME": "DATE_TIME"},
-            low_confidence_score_multiplier=1.0, low_score_entity_names=[],
-            labels_to_ignore=["CARDINAL", "ORDINAL", "ORG", "FAC", "NORP", "PRODUCT", "EVENT", "WORK_OF_ART", "LAW",
-                              "LANGUAGE", "QUANTITY", "PERCENT", "MONEY"],
-        )
-        engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": config.spacy_model}],
-                                ner_model_configuration=ner_conf)
-        engine.nlp = {"en": nlp}
-        registry.add_recognizer(SpacyRecognizer(supported_entities=sorted(wanted & NER_ENTITIES),
-                                                supported_language="en"))
+        engine, recognizer = spacy_engine(config, sorted(wanted & NER_ENTITIES))
+        registry.add_recognizer(recognizer)
     else:
         engine = _noop_engine()
     return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
@@ -161,27 +118,10 @@ def analyze_batch(texts: Sequence[str], config: PiiConfig) -> list[list[dict]]:
                                    allow_list=list(config.allow_list) or None,
                                    allow_list_match=config.allow_list_match)
         for r in results:
-            if r.entity_type in NER_ENTITIES and r.recognition_metadata and \
-                    r.recognition_metadata.get("recognizer_name") == "SpacyRecognizer":
-                if not keep_ner_span(r.entity_type, chunk[r.start:r.end]) or \
-                        _common_word(r.entity_type, chunk[r.start:r.end], chunk):
-                    continue
             out[i].append({"start": r.start + off, "end": r.end + off, "entity_type": r.entity_type,
                            "score": round(float(r.score), 4)})
     allowed = _allowed(config)
     return [_resolve(_propagate_names(t, s, allowed=allowed)) for t, s in zip(texts, out)]
-
-
-def _common_word(entity: str, value: str, text: str) -> bool:
-    """A one-word PERSON/LOCATION span whose lowercase form is also used in the same text is an
-    ordinary word capitalised at a heading or sentence start ('Driver', 'Platform'), not a name."""
-    if entity not in ("PERSON", "LOCATION"):
-        return False
-    v = value.strip()
-    if " " in v or not v.isalpha():
-        return False
-    low = v.lower()
-    return low != v and re.search(r"(?<![\w-])" + re.escape(low) + r"(?![\w-])", text) is not None
 
 
 def _allowed(config: PiiConfig):

@@ -15,18 +15,21 @@ Validator = Callable[[str, str, int, int], bool]  # (value, text, start, end) ->
 
 
 class RegexRecognizer(EntityRecognizer):
-    """One entity, a few (regex, score) patterns, a validator and an optional context boost."""
+    """One entity, a few (regex, score) patterns, a validator and an optional context boost.
+
+    ``group`` names the part of a match that is the span (patterns without that group use the whole
+    match); a named group ``also`` is reported as a second span (a town after a street address)."""
 
     def __init__(self, entity: str, patterns: Sequence[tuple[str, float]], *, validate: Validator | None = None,
                  group: int | str = 0, context: str | None = None, context_score: float = 0.9,
-                 window: int = 40, flags: int = re.MULTILINE) -> None:
+                 window: int = 40, flags: int = re.MULTILINE, name: str | None = None) -> None:
         self._patterns = [(re.compile(p, flags), s) for p, s in patterns]
         self._validate = validate
         self._group = group
         self._context = re.compile(context, re.IGNORECASE) if context else None
         self._context_score = context_score
         self._window = window
-        super().__init__(supported_entities=[entity], name=f"slmforge_{entity.lower()}", supported_language="en")
+        super().__init__(supported_entities=[entity], name=name or f"slmforge_{entity.lower()}", supported_language="en")
 
     def load(self) -> None:  # nothing to load
         pass
@@ -35,8 +38,9 @@ class RegexRecognizer(EntityRecognizer):
         entity = self.supported_entities[0]
         out: list[RecognizerResult] = []
         for rx, score in self._patterns:
+            group = self._group if isinstance(self._group, int) or self._group in rx.groupindex else 0
             for m in rx.finditer(text):
-                start, end = m.span(self._group)
+                start, end = m.span(group)
                 if start < 0 or end <= start:
                     continue
                 value = text[start:end]
@@ -49,6 +53,8 @@ class RegexRecognizer(EntityRecognizer):
                         s = self._context_score
                 if s > 0:
                     out.append(RecognizerResult(entity, start, end, s))
+                    if "also" in rx.groupindex and m.start("also") >= 0:  # a second span of the same match
+                        out.append(RecognizerResult(entity, m.start("also"), m.end("also"), s))
         return out
 
 
@@ -118,7 +124,7 @@ _PLACEHOLDER = re.compile(
 )
 
 
-def _secret_value(value: str, text: str, start: int, end: int) -> bool:
+def secret_value(value: str, text: str, start: int, end: int) -> bool:
     v = value.strip("\"'`")
     return len(v) >= 6 and not _PLACEHOLDER.match(v) and not re.fullmatch(r"[a-z_]+\(.*", v)
 
@@ -131,13 +137,37 @@ def _date(value: str, text: str, start: int, end: int) -> bool:
     return _not_in_identifier(value, text, start, end)
 
 
+def _nanp(value: str, text: str, start: int, end: int) -> bool:
+    """Digits-only North American numbers: area code and exchange start with 2-9 (epochs and ids mostly fail)."""
+    d = re.sub(r"\D", "", value)
+    d = d[1:] if len(d) == 11 and d[0] == "1" else d
+    return len(d) == 10 and d[0] in "23456789" and d[3] in "23456789" and d[1:3] != "11" and \
+        _phone(value, text, start, end)
+
+
+def _clock(value: str, text: str, start: int, end: int) -> bool:
+    """A time of day, not part of a duration/ratio/file:line:col or a version."""
+    before = text[max(0, start - 1):start]
+    after = text[end:end + 1]
+    if before in (":", ".", "/", "-") or (before and before.isalnum()) or after in (":",) or (after and after.isalnum()):
+        return False
+    return not re.search(r"(?i)(?:took|elapsed|duration|uptime|for|ratio|line)\s*$", text[max(0, start - 12):start])
+
+
 # ---------------------------------------------------------------- patterns
 MONTH = r"(?:Jan(?:uary)?|Feb(?:ruary)?|Mar(?:ch)?|Apr(?:il)?|May|June?|July?|Aug(?:ust)?|Sep(?:t(?:ember)?)?|Oct(?:ober)?|Nov(?:ember)?|Dec(?:ember)?)"
+MONTH_ANYCASE = r"(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)"
+WEEKDAY = r"(?:Mon|Tue|Tues|Wed|Thu|Thur|Thurs|Fri|Sat|Sun)(?:day|nesday|sday|urday)?\.?"
+DAY = r"(?:0?[1-9]|[12]\d|3[01])"
 _URL_TAIL = r"[^\s<>\"'`)\]}]*[^\s<>\"'`)\]},.;:!?]"
+_AMPM = r"(?:[AaPp]\.?[Mm]\.?)"
+_PHONE_WORDS = r"phone|tel\b|telephone|call|mobile|cell|fax|contact|reach|sms|whatsapp|dial|callback|number|\bph\b|\bmob\b"
 
 
 def pii_recognizers() -> list[EntityRecognizer]:
-    """Pattern recognizers for the structured PII types (no NER needed)."""
+    """Pattern recognizers for the structured PII types (no NER needed); person/place context in context.py."""
+    from curation.pii.context import address_patterns
+
     return [
         RegexRecognizer("EMAIL_ADDRESS", [(r"\b[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}\b", 0.9)]),
         RegexRecognizer("URL", [(r"\b(?:https?|ftp)://" + _URL_TAIL, 0.8), (r"(?<![\w.@/])www\." + _URL_TAIL, 0.8)], validate=_url),
@@ -146,49 +176,47 @@ def pii_recognizers() -> list[EntityRecognizer]:
             (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])", 0.85),
             (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}(?![\w:])", 0.8),
         ], validate=lambda v, t, s, e: _ipv4(v, t, s, e) if "." in v else True),
-        RegexRecognizer("CREDIT_CARD", [(r"\b(?:\d{4}[ -]){3}\d{1,7}\b", 0.9), (r"\b\d{13,19}\b", 0.6), (r"\b\d{12}\b", 0.3)],
-                        validate=_credit_card, context=r"card|credit|visa|master|amex|maestro|payment|paid|pay\b|cc\b|pan\b",
-                        context_score=0.9),
-        RegexRecognizer("IBAN_CODE", [(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", 0.9)], validate=_iban),
+        RegexRecognizer("CREDIT_CARD", [
+            (r"\b(?:\d{4}[ -]){3}\d{1,7}\b", 0.9),
+            (r"\b\d{4}([ -])\d{6}\1\d{4,5}\b", 0.9),  # Amex 4-6-5, Diners 4-6-4
+            (r"\b\d{13,19}\b", 0.6), (r"\b\d{12}\b", 0.3),
+        ], validate=_credit_card, context=r"card|credit|visa|master|amex|maestro|payment|paid|pay\b|cc\b|pan\b|charge",
+            context_score=0.9),
+        RegexRecognizer("IBAN_CODE", [
+            (r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,4})?\b", 0.9),
+            (r"\b[A-Z]{2}\d{2}[ -]?[A-Z0-9]{1,30}(?:[ -][A-Z0-9]{1,8}){0,8}\b", 0.9),  # other groupings, dashes
+        ], validate=_iban),
         RegexRecognizer("US_SSN", [(r"\b\d{3}-\d{2}-\d{4}\b", 0.85), (r"\b\d{3} \d{2} \d{4}\b", 0.3), (r"\b\d{9}\b", 0.05)],
                         validate=_ssn, context=r"ssn|social security|\bsocial\b|taxpayer", context_score=0.9),
         RegexRecognizer("PHONE_NUMBER", [
             (r"(?<![\w+])\+\d{1,3}[ .-]?\(?\d{1,4}\)?(?:[ .-]?\d{2,4}){2,4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b", 0.8),
-            (r"(?<![\w(])(?:001[ .-])?\(\d{3}\)[ .-]?\d{3}[ .-]\d{4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b", 0.85),
+            (r"(?<![\w+])00\d{1,3}[ .-]\(?\d{1,4}\)?(?:[ .-]?\d{2,8}){1,3}\b", 0.7),
+            (r"(?<![\w(])(?:001[ .-])?\(\d{3}\)[ .-]?\d{3}[ .-]?\d{4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b", 0.85),
             (r"(?<![\w.+-])(?:001[ .-]|1[ .-])?\d{3}([ .-])\d{3}\1\d{4}(?:\s?(?:x|ext\.?)\s?\d{1,5})?\b", 0.75),
-            (r"(?<![\w.+-])\(0\d{2,4}\)\s?\d{3,4}\s?\d{3,4}\b", 0.75),
-            (r"(?<![\w.+-])0\d{3,4} \d{3} ?\d{3,4}\b", 0.7),
-            (r"(?<![\w.+-])\d{10}(?:x\d{1,5})?\b", 0.2),
-        ], validate=_phone, context=r"phone|tel\b|telephone|call|mobile|cell|fax|contact|reach|sms|whatsapp|dial", context_score=0.85),
+            (r"(?<![\w.+-])\(0\d{1,4}\)\s?\d{2,4}(?:[ -]?\d{2,4}){1,2}\b", 0.75),
+            (r"(?<![\w.+-])0\d{2,4}[ -]\d{3,4}[ -]?\d{3,4}\b", 0.6),
+            (r"(?<![\w.+-])0\d{3,4}-\d{5,7}\b", 0.6),
+            (r"(?<![\w.+-])\d{3}[ .-]\d{4}\b", 0.2),
+        ], validate=_phone, context=_PHONE_WORDS, context_score=0.85),
+        RegexRecognizer("PHONE_NUMBER", [(r"(?<![\w.+-])1?\d{10}(?:x\d{1,5})?\b", 0.4)], validate=_nanp,
+                        context=_PHONE_WORDS, context_score=0.85, name="slmforge_phone_number_digits"),
         RegexRecognizer("DATE_TIME", [
-            (r"\b(?:19|20)\d{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?:[T ][0-2]\d:[0-5]\d(?::[0-5]\d(?:\.\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b", 0.75),
-            (r"\b(?:0?[1-9]|1[0-2])/(?:0?[1-9]|[12]\d|3[01])/(?:19|20)?\d{2}\b", 0.75),
-            (r"\b(?:0?[1-9]|[12]\d|3[01])\.(?:0?[1-9]|1[0-2])\.(?:19|20)\d{2}\b", 0.7),
-            (r"\b" + MONTH + r"\.? (?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?,? (?:19|20)\d{2}\b", 0.85),
-            (r"\b(?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th)? (?:of )?" + MONTH + r"\.?,? (?:19|20)\d{2}\b", 0.85),
-            (r"\b" + MONTH + r" (?:0?[1-9]|[12]\d|3[01])(?:st|nd|rd|th)?\b", 0.6),
+            (r"\b(?:19|20)\d{2}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12]\d|3[01])(?:[T ][0-2]\d:[0-5]\d(?::[0-5]\d(?:[.,]\d+)?)?(?:Z|[+-]\d{2}:?\d{2})?)?\b", 0.75),
+            (r"\b(?:19|20)\d{2}/(?:0?[1-9]|1[0-2])/" + DAY + r"(?:[T ][0-2]\d:[0-5]\d(?::[0-5]\d)?)?\b", 0.75),
+            (r"\b(?:0?[1-9]|1[0-2])/" + DAY + r"/(?:19|20)?\d{2}\b", 0.75),
+            (r"\b" + DAY + r"/(?:0?[1-9]|1[0-2])/(?:19|20)\d{2}\b", 0.75),
+            (r"\b" + DAY + r"\.(?:0?[1-9]|1[0-2])\.(?:19|20)\d{2}\b", 0.7),
+            (r"\b" + DAY + r"[-/ ]" + MONTH_ANYCASE + r"[a-z]*\.?[-/ ](?:19|20)?\d{2}(?::\d{2}:\d{2}:\d{2}(?: [+-]\d{4})?)?(?![\w-])", 0.85),
+            (r"(?:\b" + WEEKDAY + r",? )?\b" + MONTH + r"\.? " + DAY + r"(?:st|nd|rd|th)?,? (?:19|20)\d{2}\b", 0.85),
+            (r"(?:\b" + WEEKDAY + r",? )?\b" + DAY + r"(?:st|nd|rd|th)? (?:of )?" + MONTH + r"\.?,? (?:19|20)\d{2}\b", 0.85),
+            (r"\b" + MONTH + r"\.? {1,2}" + DAY + r"(?: \d{2}:\d{2}:\d{2})?(?:st|nd|rd|th)?\b", 0.6),
+            (r"\b" + WEEKDAY + r",? " + DAY + r"(?:st|nd|rd|th)? " + MONTH + r"\b", 0.75),
+            (r"\b" + DAY + r"(?:st|nd|rd|th)? (?:of )?" + MONTH + r"\b", 0.6),
+            (r"\b(?:0?[1-9]|1[0-2])(?::[0-5]\d)? ?" + _AMPM + r"(?![\w])", 0.75),
         ], validate=_date),
-        RegexRecognizer("LOCATION", [
-            (r"\b\d{1,6} (?:[A-Z][a-z]+ ){1,3}(?:Street|St|Avenue|Ave|Road|Rd|Boulevard|Blvd|Lane|Ln|Drive|Dr|Court|Ct|Way|Place|Pl|Terrace|Circle|Cir|Parkway|Pkwy|Square|Sq|Highway|Hwy|Trail|Alley|Crossing|Loop|Plaza|Ridge|Park|Path)\b\.?(?: (?:Apt\.?|Suite|Unit) \d+)?", 0.85),
-        ]),
-    ]
-
-
-def secret_recognizers() -> list[EntityRecognizer]:
-    """Recognizers for credentials: cloud keys, tokens, private keys, passwords, connection strings."""
-    kv = (r"(?i)(?:\b|_)(?:password|passwd|pwd|pass|secret|secret[_-]?key|api[_-]?key|apikey|access[_-]?token|auth[_-]?token|"
-          r"token|client[_-]?secret|private[_-]?key|credentials?)\b[\"']?\s*(?::=|=>|[:=])\s*[\"']?(?P<v>[^\s\"',;#]{6,})")
-    return [
-        RegexRecognizer("AWS_ACCESS_KEY", [(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA)[0-9A-Z]{16}\b", 0.95)]),
-        RegexRecognizer("AWS_SECRET_KEY", [(r"(?i)aws.{0,20}?(?:secret|sk).{0,20}?[\"']?\s*[:=]\s*[\"']?(?P<v>[A-Za-z0-9/+]{40})\b", 0.95)], group="v"),
-        RegexRecognizer("GITHUB_TOKEN", [(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,255}|github_pat_[A-Za-z0-9_]{22,255})\b", 0.95)]),
-        RegexRecognizer("SLACK_TOKEN", [(r"\bxox[abposr]-[A-Za-z0-9-]{10,}\b", 0.95), (r"https://hooks\.slack\.com/services/[A-Za-z0-9/]+", 0.95)]),
-        RegexRecognizer("GOOGLE_API_KEY", [(r"\bAIza[0-9A-Za-z_-]{35}\b", 0.95)]),
-        RegexRecognizer("STRIPE_KEY", [(r"\b(?:sk|rk|pk)_(?:live|test)_[0-9A-Za-z]{16,}\b", 0.95)]),
-        RegexRecognizer("OPENAI_KEY", [(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}\b", 0.9)]),
-        RegexRecognizer("JWT", [(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\b", 0.95)]),
-        RegexRecognizer("PRIVATE_KEY", [(r"-----BEGIN (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----[\s\S]*?-----END (?:[A-Z]+ )*PRIVATE KEY(?: BLOCK)?-----", 0.99)]),
-        RegexRecognizer("CONNECTION_STRING", [(r"\b[a-z][a-z0-9+.-]{1,20}://[^\s:/@\"']+:[^\s@/\"']{3,}@[^\s\"'<>]+", 0.95)],
-                        validate=lambda v, t, s, e: _secret_value(v.split("://", 1)[1].split(":", 1)[1].split("@", 1)[0], t, s, e)),
-        RegexRecognizer("PASSWORD", [(kv, 0.9)], group="v", validate=_secret_value),
+        RegexRecognizer("DATE_TIME", [
+            (r"\b(?:[01]?\d|2[0-3]):[0-5]\d(?::[0-5]\d)?\b", 0.45),
+        ], validate=_clock, context=r"\bat\b|\bby\b|around|until|before|after|from|since|o'?clock|\[|\bam\b|\bpm\b",
+            context_score=0.75, window=12, name="slmforge_date_time_clock"),
+        RegexRecognizer("LOCATION", address_patterns(), group="v"),
     ]

@@ -90,7 +90,8 @@ def test_gemma3_export_refuses_settings_gguf_cannot_carry(tmp_path):
     build_dataset(tmp_path)
     tok = load_tokenizer(build_base(tmp_path, architecture="gemma3", num_layers=1, num_heads=2, num_kv_heads=1,
                                     pretrain_steps=0) / "model")
+    # llama.cpp scales Gemma 3 queries by 1/sqrt(head_dim) (n_embd/n_head for the 27B shape); another scalar is refused
     config = Gemma3TextConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=1,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=128, query_pre_attn_scalar=128)
+                              num_attention_heads=2, num_key_value_heads=1, head_dim=128, query_pre_attn_scalar=256)
     with pytest.raises(ConfigError, match="query_pre_attn_scalar"):
         write_gguf(AutoModelForCausalLM.from_config(config), tok, tmp_path / "x.gguf", quant="F16", name="x")
