@@ -19,7 +19,7 @@ import pyarrow as pa
 from curation.annotate.config import AnnotateConfig, AnnotateMergeConfig
 from curation.annotate.merge import agreement, answers_table, merge
 from curation.annotate.routing import route
-from schemas.errors import SchemaError, SlmforgeError
+from schemas.errors import SchemaError, SlmforgeError, StageError
 from schemas.fingerprint import canonical_json
 from schemas.io import read_parquet, read_parquet_dir, write_json, write_parquet
 from schemas.stage import ShardResult, Stage, StageContext
@@ -126,8 +126,11 @@ class AnnotateMergeStage(Stage[AnnotateMergeConfig]):
         fingerprint under which the step fails when it runs (planning itself works offline)."""
         try:
             self._answers = self.pull(missing_ok=True)
-        except SlmforgeError as exc:
-            self._answers, self._pull_error = None, exc
+        except Exception as exc:  # noqa: BLE001 - the SDK raises several types; the step fails when it runs
+            err = exc if isinstance(exc, SlmforgeError) else StageError(
+                f"annotate_merge: cannot read the review queues {self.config.queues}: {type(exc).__name__}: {exc}",
+                fix="check that the Argilla server is running and ARGILLA_API_URL/ARGILLA_API_KEY are right")
+            self._answers, self._pull_error = None, err
             return {"answers": f"unavailable: {type(exc).__name__}"}
         return {"answers": answers_digest(self._answers), "n_answers": self._answers.num_rows}
 

@@ -100,6 +100,7 @@ def test_review_loop_recipe_merges_new_answers_on_rerun(embedded, client, tmp_pa
     queue = sorted(r.id for r in client.datasets(name="borderline-quality", workspace="argilla").records)
     r_drop, r_fix, r_keep, r_later = queue[:4]
     fixed = "Corrected by a reviewer: " + "the billing run starts at 02:00 UTC and finishes before the reports job. " * 2
+    fixed = fixed.strip()  # corrections are merged stripped
     _answer(client, "borderline-quality", r_drop, users["rev1"], decision="drop")
     _answer(client, "borderline-quality", r_drop, users["rev2"], decision="drop")
     _answer(client, "borderline-quality", r_fix, users["rev1"], decision="keep", correction=fixed, rating=4)
