@@ -120,13 +120,11 @@ def push(client, queue_rows: pa.Table, *, queue: str, rule_column: str | None, t
     return len(records)
 
 
-def pull(client, queue: str, *, workspace: str, missing_ok: bool = False) -> list[dict[str, Any]]:
-    """Submitted answers of ``queue``: one dict per (record, user, question). A queue that does not exist
-    is an error, or no answers with ``missing_ok`` (a recipe plans its merge before its push has run)."""
-    dataset = client.datasets(name=queue, workspace=workspace) if client.workspaces(workspace) is not None else None
+def pull(client, queue: str, *, workspace: str) -> list[dict[str, Any]]:
+    """Submitted answers of ``queue``: one dict per (record, user, question)."""
+    dataset = client.datasets(name=queue, workspace=workspace) if queue in queue_names(client, workspace=workspace) \
+        else None
     if dataset is None:
-        if missing_ok:
-            return []
         raise StageError(f"queue {queue!r} does not exist in workspace {workspace!r}; push to it first "
                          "(`slmforge annotate push`, or an `annotate` step before this one).")
     users = {str(u.id): u.username for u in client.users}
@@ -142,10 +140,15 @@ def pull(client, queue: str, *, workspace: str, missing_ok: bool = False) -> lis
     return out
 
 
+def queue_names(client, *, workspace: str) -> set[str]:
+    """Names of the queues (datasets) in ``workspace``; empty when the workspace does not exist yet."""
+    ws = client.workspaces(workspace)
+    return {d.name for d in ws.datasets} if ws is not None else set()
+
+
 def require_queues(client, queues: list[str], *, workspace: str) -> None:
     """Raise the fix when a queue does not exist (a typo in ``queues:``, or nothing pushed to it yet)."""
-    ws = client.workspaces(workspace)
-    names = {d.name for d in ws.datasets} if ws is not None else set()
+    names = queue_names(client, workspace=workspace)
     missing = [q for q in queues if q not in names]
     if missing:
         raise StageError(f"queue(s) {missing} do not exist in workspace {workspace!r}",

@@ -105,27 +105,34 @@ class AnnotateMergeStage(Stage[AnnotateMergeConfig]):
 
     def __init__(self, config: AnnotateMergeConfig) -> None:
         super().__init__(config)
-        self._answers: pa.Table | None = None
+        self._answers: pa.Table | None = None  # pulled when the recipe is planned
+        self._missing: list[str] = []  # queues that did not exist then (this recipe's push may create them)
         self._pull_error: SlmforgeError | None = None
 
     def check(self, inputs: Mapping[str, Mapping[str, pa.DataType]]) -> None:
         _require_columns(self.config.step_name, {"text_column": self.config.text_column, "id": "id"}, inputs)
 
-    def pull(self, *, client=None, missing_ok: bool = False) -> pa.Table:
+    def pull(self, *, client=None, queues: list[str] | None = None) -> pa.Table:
+        """The submitted answers of ``queues`` (default: every configured queue; each must exist)."""
         from curation.annotate.client import connect, pull
 
         client = client or connect(api_url=self.config.api_url)
-        rows = [a for q in self.config.queues
-                for a in pull(client, q, workspace=self.config.workspace, missing_ok=missing_ok)]
-        return answers_table(rows)
+        return answers_table([a for q in (self.config.queues if queues is None else queues)
+                              for a in pull(client, q, workspace=self.config.workspace)])
 
     def fingerprint_extra(self) -> dict[str, Any]:
         """The state of the review queues: a digest of their submitted answers, pulled now (plan time).
 
-        A queue the recipe has not pushed yet counts as no answers; a server that cannot be reached gives a
-        fingerprint under which the step fails when it runs (planning itself works offline)."""
+        A queue that does not exist yet (this recipe's push creates it later) counts as no answers; a server
+        that cannot be reached gives a fingerprint under which the step fails when it runs (planning itself
+        works offline)."""
+        from curation.annotate.client import connect, queue_names
+
         try:
-            self._answers = self.pull(missing_ok=True)
+            client = connect(api_url=self.config.api_url)
+            names = queue_names(client, workspace=self.config.workspace)
+            self._missing = [q for q in self.config.queues if q not in names]
+            self._answers = self.pull(client=client, queues=[q for q in self.config.queues if q in names])
         except Exception as exc:  # noqa: BLE001 - the SDK raises several types; the step fails when it runs
             err = exc if isinstance(exc, SlmforgeError) else StageError(
                 f"annotate_merge: cannot read the review queues {self.config.queues}: {type(exc).__name__}: {exc}",
@@ -139,10 +146,10 @@ class AnnotateMergeStage(Stage[AnnotateMergeConfig]):
             raise self._pull_error
         if self._answers is None:  # run without planning (a direct call): pull now
             self._answers = self.pull()
-        from curation.annotate.client import connect, require_queues
+        elif self._missing:  # planned before this recipe's push ran: now the queues must exist
+            from curation.annotate.client import connect, require_queues
 
-        # planned before this recipe's push ran, a missing queue counted as no answers; now it must exist
-        require_queues(connect(api_url=self.config.api_url), self.config.queues, workspace=self.config.workspace)
+            require_queues(connect(api_url=self.config.api_url), self._missing, workspace=self.config.workspace)
         write_parquet(self._answers, Path(ctx.work_dir) / "answers.parquet")
         write_json(agreement(self._answers), Path(ctx.work_dir) / "agreement.json")
 

@@ -52,6 +52,34 @@ def test_unknown_columns_fail_at_planning(tmp_path):
         plan(load_recipe(tmp_path / "r.yaml"))
 
 
+def test_answers_digest_follows_the_answers_not_their_order():
+    from curation.annotate.merge import answers_table
+    from curation.annotate.stage import answers_digest
+
+    rows = [{"id": f"r{i}", "queue": "q", "user": u, "question": "decision", "value": '"keep"'}
+            for i in range(3) for u in ("ann1", "ann2")]
+    base = answers_digest(answers_table(rows))
+    assert answers_digest(answers_table(rows[::-1])) == base  # the server's order does not matter
+    changed = [dict(rows[0], value='"drop"'), *rows[1:]]
+    assert len({base, answers_digest(answers_table(changed)), answers_digest(answers_table(rows[1:])),
+                answers_digest(answers_table([]))}) == 4  # changed, withdrawn, none: each a new state
+
+
+def test_merge_planned_without_a_server_fails_when_it_runs(tmp_path, monkeypatch):
+    """Planning works offline; the step whose input cannot be read fails with the fix, nothing is cached."""
+    from curation.annotate.config import AnnotateMergeConfig
+    from curation.annotate.stage import AnnotateMergeStage
+    from schemas.errors import StageError
+    from schemas.stage import StageContext
+
+    monkeypatch.setenv("ARGILLA_API_URL", "http://127.0.0.1:9")  # the discard port: nothing listens
+    monkeypatch.setenv("ARGILLA_API_KEY", "x")
+    stage = AnnotateMergeStage(AnnotateMergeConfig(queues=["q"]))
+    assert stage.fingerprint_extra() == {"answers": "unavailable: StageError"}
+    with pytest.raises(StageError, match="cannot reach Argilla at http://127.0.0.1:9"):
+        stage.prepare([], StageContext(stage_dir=tmp_path, work_dir=tmp_path, step="annotate_merge"))
+
+
 def _out(ws: Path, step: str) -> Path:
     (d,) = [p for p in (ws / step).iterdir() if (p / "_SUCCESS").exists() and p.name in _fp(ws, step)]
     return d
@@ -129,3 +157,10 @@ def test_review_loop_recipe_merges_new_answers_on_rerun(embedded, client, tmp_pa
     assert fourth["near_dedup"].get("cached")
     merged = {r["id"] for r in _rows(_out(ws, "annotate_merge"))}
     assert r_later not in merged and r_drop not in merged and len(merged) == 138
+
+    # a queue name that matches nothing: planned as "no answers yet", then an error naming it when the step runs
+    from schemas.errors import StageError
+
+    recipe.stages[-2] = recipe.stages[-2].model_copy(update={"queues": ["borderline-quality", "borderline-qualty"]})
+    with pytest.raises(StageError, match=r"\['borderline-qualty'\] do not exist"):
+        run_recipe(recipe)
