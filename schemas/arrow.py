@@ -81,6 +81,20 @@ EXAMPLES = pa.schema(
     ]
 )
 
+#: what ``synth`` writes: every judged example (all EXAMPLES columns) plus the scores ``synth_filter`` compares
+#: with its thresholds (scores are columns, thresholds are config: re-thresholding never calls the teacher)
+SYNTH_CANDIDATES = pa.schema(
+    [
+        *EXAMPLES,
+        pa.field("question", pa.string()),  # the first user question, without any passage around it
+        pa.field("judge_groundedness", pa.float64()),  # 0-1, worst turn
+        pa.field("judge_helpfulness", pa.float64()),  # 0-1, worst turn
+        pa.field("lexical_groundedness", pa.float64()),  # 0-1 share of answer words found in the source chunk
+        pa.field("answer_chars_min", pa.int64()),  # shortest assistant turn, characters
+        pa.field("answer_chars_max", pa.int64()),  # longest assistant turn, characters
+    ]
+)
+
 ACTIONS = ("keep", "drop", "modify", "quarantine")
 ORIGINS = ("source", "annotated", "synthetic")
 SPLITS = ("train", "validation", "test")

@@ -14,16 +14,17 @@ def register(app: typer.Typer) -> None:
     @app.command("synth")
     def synth_cmd(
         recipe: Path = typer.Option(..., "--recipe", "-r", help="YAML recipe with 'chunk' and 'synth' steps."),
-        until: Optional[str] = typer.Option(None, help="Stop after this step (default: the recipe's last synth step)."),
+        until: Optional[str] = typer.Option(
+            None, help="Stop after this step (default: the recipe's last synth or synth_filter step)."),
         workers: Optional[int] = typer.Option(None, help="Worker processes (default: the recipe's 'workers')."),
         quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-stage tables."),
     ) -> None:
-        """Run a recipe up to and including its synth step: chunks -> judged, filtered examples."""
+        """Run a recipe up to and including its synth_filter step: chunks -> judged, filtered examples."""
         from rich.console import Console
 
         from slmforge.stages import load_recipe
         from schemas.errors import ConfigError
-        from slmforge.cli import run_with_errors
+        from slmforge.cli_common import run_with_errors
         from slmforge.report import RichReporter, run_table
         from slmforge.runner import run_recipe
 
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
                         expected="a step with 'stage: synth'",
                         fix="add '- stage: chunk' and '- stage: synth' entries (see docs/synth.md), or pass --until",
                     )
-                target = synth_steps[-1]
+                target = [s.step_name for s in r.stages if s.stage in ("synth", "synth_filter")][-1]
             return run_recipe(r, until=target, reporter=RichReporter(console, quiet=quiet), workers=workers)
 
         stats = run_with_errors(go)

@@ -60,27 +60,27 @@ class TeacherConfig(Strict):
 
 
 class JudgeConfig(Strict):
-    """Who scores generated examples and the per-criterion thresholds (scores are 0-1 columns, thresholds are config)."""
+    """Who scores generated examples (scores in 0-1 become columns; their thresholds live in ``synth_filter``)."""
 
     kind: Literal["auto", "heuristic", "llm"] = Field(
         "auto", description="heuristic: word-overlap groundedness + answer-length helpfulness (no model); llm: LLM-as-judge "
         "with template judge_v1 (1-5 per criterion, mapped to 0-1); auto: heuristic for the extractive teacher, llm otherwise."
     )
     teacher: TeacherConfig | None = Field(None, description="The judge model (kind openai/transformers); None: the generation teacher.")
-    min_groundedness: float | None = Field(None, ge=0, le=1, description="Examples whose groundedness (0-1) is below are dropped; None: only min_judge_score.")
-    min_helpfulness: float | None = Field(None, ge=0, le=1, description="Examples whose helpfulness (0-1) is below are dropped; None: only min_judge_score.")
-    min_lexical_groundedness: float | None = Field(
-        None, ge=0, le=1, description="Share (0-1) of answer words that must occur in the source chunk, computed for every "
-        "example whatever the judge (a cheap check an LLM judge cannot talk its way around); None disables."
-    )
 
 
 #: thresholds of curation.quality re-applied to generated answers (a gate against degenerate text, loose for short answers)
 DEFAULT_ANSWER_QUALITY: dict[str, float | None] = {"max_dup_5gram_frac": 0.5, "max_top_2gram_frac": 0.5, "min_alpha_words_ratio": 0.3}
 
 
+#: settings that moved from ``synth`` (and its ``judge``) to ``synth_filter``: a threshold change re-runs only the filter
+MOVED_TO_FILTER = ("min_answer_chars", "max_answer_chars", "min_judge_score", "quality", "dedup_threshold", "existing_steps",
+                   "decontam_ngram", "eval_step", "conflict_question_jaccard", "conflict_answer_jaccard")
+MOVED_FROM_JUDGE = ("min_groundedness", "min_helpfulness", "min_lexical_groundedness")
+
+
 class SynthConfig(StageConfig):
-    """CHUNKS -> EXAMPLES (chat messages, origin=synthetic) with post-filters and decisions."""
+    """CHUNKS -> SYNTH_CANDIDATES: every judged example with its scores as columns (thresholds: ``synth_filter``)."""
 
     stage: Literal["synth"] = "synth"
     teacher: TeacherConfig = Field(default_factory=TeacherConfig, description="Which teacher writes the examples.")
@@ -102,49 +102,32 @@ class SynthConfig(StageConfig):
     include_context: bool = Field(
         False, description="Put the passage in the user turn (RAFT-style open-book) instead of a closed-book question."
     )
-    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-judge or heuristic judge and its thresholds.")
-    min_answer_chars: int = Field(20, ge=1, description="Answers shorter than this (characters) are dropped.")
-    max_answer_chars: int = Field(1200, ge=20, description="Answers longer than this (characters) are dropped.")
-    min_judge_score: float = Field(0.5, ge=0, le=1, description="Examples whose judge score (0-1, the minimum over criteria) is below are dropped.")
-    quality: dict[str, float | None] | None = Field(
-        default_factory=lambda: dict(DEFAULT_ANSWER_QUALITY),
-        description="curation.quality rules (FilterConfig names, e.g. max_dup_5gram_frac) re-applied to each answer; "
-        "the first failing rule drops the row with reason 'quality:<rule>'; None disables.",
-    )
-    dedup_threshold: float | None = Field(
-        0.8, gt=0, le=1, description="Jaccard (word 5-gram) at or above which two answers are near-duplicates (the later one is dropped); None disables."
-    )
-    existing_steps: list[str] = Field(
-        default_factory=list,
-        description="Recipe steps whose EXAMPLES rows already exist (annotated, earlier synth); a generated answer that is a "
-        "near-duplicate of one of theirs is dropped ('near_duplicate_existing'). List them in 'inputs' too.",
-    )
-    decontam_ngram: int = Field(8, ge=3, le=50, description="Word n-gram length for decontamination against eval rows.")
-    eval_step: str | None = Field(
-        None, description="Recipe step whose EXAMPLES (or text) rows are held-out eval data; any shared n-gram drops the example."
-    )
+    judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-judge or heuristic judge (its scores become columns).")
     pii_scan: bool | None = Field(
-        None, description="Scan prompts before sending (a hit blocks the call: quarantine 'pii_in_prompt') and re-scan outputs "
-        "(a hit drops the row: 'pii') with curation.pii (needs the 'pii' extra). None: on for openai teachers, off otherwise."
+        None, description="Scan prompts before sending them to the teacher or judge (a hit blocks the call: quarantine "
+        "'pii_in_prompt') with curation.pii (needs the 'pii' extra). None: on for openai teachers, off otherwise. The re-scan "
+        "of outputs is synth_filter's 'pii' check."
     )
     pii_mode: Literal["ner", "patterns"] = Field(
-        "ner", description="curation.pii mode of the scan: 'ner' (spaCy names/places + patterns) or 'patterns' (regex only, faster)."
+        "ner", description="curation.pii mode of the prompt scan: 'ner' (spaCy names/places + patterns) or 'patterns' (regex only, faster)."
     )
-    conflict_question_jaccard: float = Field(0.8, gt=0, le=1, description="Question word-set Jaccard at or above which two questions count as the same.")
-    conflict_answer_jaccard: float = Field(0.5, ge=0, le=1, description="Answer 3-gram Jaccard below which answers to the same question conflict (flagged).")
 
-    @field_validator("quality")
+    @model_validator(mode="before")
     @classmethod
-    def _quality_rules(cls, v: dict[str, float | None] | None) -> dict[str, float | None] | None:
-        if v is None:
-            return v
-        from curation.config import FilterConfig
-
-        known = sorted(n for n in FilterConfig.model_fields if n.startswith(("min_", "max_")))
-        bad = [k for k in v if k not in known]
-        if bad:
-            raise ValueError(f"unknown quality rule(s) {bad}; valid: {', '.join(known)}")
-        return v
+    def _moved_settings(cls, data):
+        """Thresholds and post-filters moved to ``synth_filter``: say so instead of 'unknown key'."""
+        if not isinstance(data, dict):
+            return data
+        judge = data.get("judge") if isinstance(data.get("judge"), dict) else {}
+        moved = [k for k in MOVED_TO_FILTER if k in data] + [f"judge.{k}" for k in MOVED_FROM_JUDGE if k in judge]
+        if moved:
+            flat = ", ".join(f"{k.split('.')[-1]}: {data.get(k, judge.get(k.split('.')[-1]))!r}" for k in moved)
+            raise ConfigError(
+                "synth: thresholds and post-filters are settings of the 'synth_filter' stage (changing one must not call "
+                "the teacher again)", received=", ".join(moved), expected="these keys under '- stage: synth_filter'",
+                fix=f"remove them from the synth entry and add, right after it, '- stage: synth_filter' with {{{flat}}}",
+            )
+        return data
 
     @property
     def scan_pii(self) -> bool:
@@ -159,3 +142,70 @@ class SynthConfig(StageConfig):
             for k in runtime_keys if isinstance(t, dict) else ():
                 t.pop(k, None)
         return data
+
+
+class SynthFilterConfig(StageConfig):
+    """SYNTH_CANDIDATES -> EXAMPLES: thresholds on synth's score columns, decontamination, PII re-scan, near-dup and
+    consistency checks (``synth/checks.py``, in this order; the first failing check drops the row with its reason)."""
+
+    stage: Literal["synth_filter"] = "synth_filter"
+    min_answer_chars: int = Field(20, ge=1, description="Answers shorter than this (characters) are dropped ('answer_length').")
+    max_answer_chars: int = Field(1200, ge=20, description="Answers longer than this (characters) are dropped ('answer_length').")
+    min_judge_score: float = Field(
+        0.5, ge=0, le=1, description="Examples whose judge score (0-1, the minimum over criteria) is below are dropped ('judge_below_threshold')."
+    )
+    min_groundedness: float | None = Field(
+        None, ge=0, le=1, description="Examples whose judge groundedness (0-1) is below are dropped; None: only min_judge_score."
+    )
+    min_helpfulness: float | None = Field(
+        None, ge=0, le=1, description="Examples whose judge helpfulness (0-1) is below are dropped; None: only min_judge_score."
+    )
+    min_lexical_groundedness: float | None = Field(
+        None, ge=0, le=1, description="Share (0-1) of answer words that must occur in the source chunk (column "
+        "lexical_groundedness, computed for every example whatever the judge: a cheap check an LLM judge cannot talk its "
+        "way around); None disables."
+    )
+    quality: dict[str, float | None] | None = Field(
+        default_factory=lambda: dict(DEFAULT_ANSWER_QUALITY),
+        description="curation.quality rules (FilterConfig names, e.g. max_dup_5gram_frac) re-applied to each answer; "
+        "the first failing rule drops the row with reason 'quality:<rule>'; None disables.",
+    )
+    eval_step: str | None = Field(
+        None, description="Recipe step whose EXAMPLES (or text) rows are held-out eval data; an example sharing a word "
+        "n-gram with them is dropped ('contaminated'). List it in 'inputs' too."
+    )
+    decontam_ngram: int = Field(8, ge=3, le=50, description="Word n-gram length for decontamination against eval rows.")
+    pii_scan: bool | None = Field(
+        None, description="Re-scan the example's messages with curation.pii (needs the 'pii' extra); a hit drops the row "
+        "('pii'). None: on for rows written by an openai teacher (teacher column 'openai:...'), off otherwise."
+    )
+    pii_mode: Literal["ner", "patterns"] = Field(
+        "ner", description="curation.pii mode of the re-scan: 'ner' (spaCy names/places + patterns) or 'patterns' (regex only, faster)."
+    )
+    dedup_threshold: float | None = Field(
+        0.8, gt=0, le=1, description="Jaccard (word 5-gram) at or above which two answers are near-duplicates (the later one, "
+        "in input order over all shards, is dropped: 'near_duplicate'); None disables."
+    )
+    existing_steps: list[str] = Field(
+        default_factory=list,
+        description="Recipe steps whose EXAMPLES rows already exist (annotated, earlier synth); a generated answer that is a "
+        "near-duplicate of one of theirs is dropped ('near_duplicate_existing'). List them in 'inputs' too.",
+    )
+    conflict_question_jaccard: float = Field(0.8, gt=0, le=1, description="Question word-set Jaccard at or above which two questions count as the same.")
+    conflict_answer_jaccard: float = Field(
+        0.5, ge=0, le=1, description="Answer 3-gram Jaccard below which answers to the same question conflict (kept, "
+        "flagged: decision reason 'consistency_conflict', meta.conflict_with)."
+    )
+
+    @field_validator("quality")
+    @classmethod
+    def _quality_rules(cls, v: dict[str, float | None] | None) -> dict[str, float | None] | None:
+        if v is None:
+            return v
+        from curation.config import FilterConfig
+
+        known = sorted(n for n in FilterConfig.model_fields if n.startswith(("min_", "max_")))
+        bad = [k for k in v if k not in known]
+        if bad:
+            raise ValueError(f"unknown quality rule(s) {bad}; valid: {', '.join(known)}")
+        return v

@@ -7,16 +7,18 @@ from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
 from schemas.arrow import CHUNKS, DOCUMENTS, EXAMPLES, validate
 from slmforge.stages import parse_stage
-from synth.config import ChunkConfig, SynthConfig
+from synth.config import ChunkConfig, SynthConfig, SynthFilterConfig
 from schemas.errors import ConfigError
-from schemas.stage import StageContext
+from schemas.stage import ShardResult, StageContext
 from synth.chunking import ChunkStage, chunk_text
 from synth.extractive import generate
+from synth.filter import SynthFilterStage
 from synth.stage import SynthStage
 
 DOC = """# Parcel locker outage
@@ -63,6 +65,23 @@ def _ctx(tmp_path: Path, step: str, **kw) -> StageContext:
     return StageContext(stage_dir=tmp_path / step, work_dir=tmp_path / f"{step}.work", step=step, **kw)
 
 
+def synth_then_filter(chunks: pa.Table, tmp_path: Path, synth: SynthConfig, flt: SynthFilterConfig | None = None, *,
+                      inputs: dict | None = None, step: str = "synth") -> ShardResult:
+    """``synth`` then ``synth_filter`` on one shard, as a recipe runs them (the filter's prepare, then process): the
+    filter's table, synth's quarantine decisions + the filter's decisions, synth's quarantine, both stages' counters."""
+    res = SynthStage(synth).process(chunks, _ctx(tmp_path, step))
+    part = tmp_path / f"{step}.candidates.parquet"
+    pq.write_table(res.table, part)
+    ctx = _ctx(tmp_path, f"{step}_filter", inputs=inputs or {})
+    stage = SynthFilterStage(flt or SynthFilterConfig())
+    stage.prepare([part], ctx)
+    out = stage.process(pq.read_table(part), ctx)
+    quarantined = res.decisions.filter(pc.equal(res.decisions["action"], "quarantine"))
+    counters = Counter(res.counters)
+    counters.update(out.counters)
+    return ShardResult(out.table, pa.concat_tables([quarantined, out.decisions]), res.quarantine, counters)
+
+
 def _chunks(tmp_path: Path, *texts: str, max_chars: int = 400, sources: list[str] | None = None) -> pa.Table:
     docs = _docs(*texts, sources=sources)
     res = ChunkStage(ChunkConfig(max_chars=max_chars, min_chars=20)).process(docs, _ctx(tmp_path, "chunk"))
@@ -95,7 +114,7 @@ def test_extractive_answers_are_spans_of_their_chunk(tmp_path):
 
 def test_synth_stage_writes_grounded_traceable_examples(tmp_path):
     chunks = _chunks(tmp_path, DOC, TICKET)
-    res = SynthStage(SynthConfig(min_answer_chars=10)).process(chunks, _ctx(tmp_path, "synth"))
+    res = synth_then_filter(chunks, tmp_path, SynthConfig(), SynthFilterConfig(min_answer_chars=10))
     validate(res.table, EXAMPLES, where="test")
     rows = res.table.to_pylist()
     by_chunk = {c["id"]: c for c in chunks.to_pylist()}
@@ -122,7 +141,7 @@ def test_synth_stage_writes_grounded_traceable_examples(tmp_path):
 
 def test_open_book_template_puts_passage_in_prompt(tmp_path):
     chunks = _chunks(tmp_path, DOC)
-    res = SynthStage(SynthConfig(include_context=True, min_answer_chars=10)).process(chunks, _ctx(tmp_path, "synth"))
+    res = synth_then_filter(chunks, tmp_path, SynthConfig(include_context=True), SynthFilterConfig(min_answer_chars=10))
     row = res.table.to_pylist()[0]
     assert "Passage (t/doc0.md" in row["messages"][0]["content"]
     assert row["template"].startswith("grounded_qa_v1:")
@@ -135,8 +154,8 @@ def test_filters_dedup_decontaminate_and_flag_conflicts(tmp_path):
     eval_dir.mkdir()
     held_out = "Restart the locker controller from the remote actions menu."
     pq.write_table(pa.table({"id": ["e1"], "text": [held_out]}), eval_dir / "part-0.parquet")
-    cfg = SynthConfig(min_answer_chars=10, inputs=["chunk", "eval"], eval_step="eval", decontam_ngram=6)
-    res = SynthStage(cfg).process(chunks, _ctx(tmp_path, "synth", inputs={"chunk": tmp_path, "eval": eval_dir}))
+    cfg = SynthFilterConfig(min_answer_chars=10, inputs=["synth", "eval"], eval_step="eval", decontam_ngram=6)
+    res = synth_then_filter(chunks, tmp_path, SynthConfig(), cfg, inputs={"synth": tmp_path, "eval": eval_dir})
     dec = res.decisions.to_pylist()
     reasons = {d["reason"] for d in dec if d["action"] == "drop"}
     assert {"near_duplicate", "contaminated"} <= reasons
@@ -147,8 +166,8 @@ def test_filters_dedup_decontaminate_and_flag_conflicts(tmp_path):
     # two versions of one runbook: a conflicting answer to the same question is flagged, not dropped
     old_steps = DOC[DOC.index("1. Open"):DOC.index("## Why wait")]
     other = DOC.replace(old_steps, "1. Call the Brightwater vendor hotline.\n2. Ask for a technician visit and log the ticket number.\n\n")
-    res2 = SynthStage(SynthConfig(min_answer_chars=10, dedup_threshold=None)).process(
-        _chunks(tmp_path, DOC, other, sources=["a/locker.md", "b/locker.md"]), _ctx(tmp_path, "synth"))
+    res2 = synth_then_filter(_chunks(tmp_path, DOC, other, sources=["a/locker.md", "b/locker.md"]), tmp_path, SynthConfig(),
+                             SynthFilterConfig(min_answer_chars=10, dedup_threshold=None))
     flagged = [d for d in res2.decisions.to_pylist() if d["reason"] == "consistency_conflict"]
     assert len(flagged) == 2 and res2.counters["flagged:conflict"] == 2
     metas = [json.loads(r["meta"]) for r in res2.table.to_pylist()]
@@ -166,9 +185,9 @@ def test_recipe_entries_parse_and_bad_teacher_teaches():
     with pytest.raises(ConfigError, match="an LLM judge needs a model"):
         SynthStage(SynthConfig(judge={"kind": "llm"})).check({})
     with pytest.raises(ConfigError, match="existing_steps must also be listed"):
-        SynthStage(SynthConfig(existing_steps=["annotated"])).check({})
+        SynthFilterStage(SynthFilterConfig(existing_steps=["annotated"])).check({})
     with pytest.raises(ConfigError, match="unknown quality rule"):
-        parse_stage({"stage": "synth", "quality": {"min_wrds": 3}}, where="stages[1]")
+        parse_stage({"stage": "synth_filter", "quality": {"min_wrds": 3}}, where="stages[2]")
     with pytest.raises(ConfigError, match="local model folder"):
         from synth.teachers import build_llm
 
@@ -184,8 +203,8 @@ def test_recipe_entries_parse_and_bad_teacher_teaches():
 def test_pii_scan_drops_examples_with_pii(tmp_path):
     pytest.importorskip("presidio_analyzer")
     leaky = "Customer: Please rotate the API key for our tenant right away.\n\nAgent: Done, the new key was sent to jonas.weber@example.com an hour ago."
-    res = SynthStage(SynthConfig(min_answer_chars=10, pii_scan=True)).process(
-        _chunks(tmp_path, DOC, leaky), _ctx(tmp_path, "synth"))
+    res = synth_then_filter(_chunks(tmp_path, DOC, leaky), tmp_path, SynthConfig(),
+                            SynthFilterConfig(min_answer_chars=10, pii_scan=True))
     drops = [d for d in res.decisions.to_pylist() if d["reason"] == "pii"]
     assert len(drops) >= 1 and res.counters["pii:EMAIL_ADDRESS"] == 1
     assert all("@" not in r["messages"][1]["content"] for r in res.table.to_pylist())
@@ -195,7 +214,8 @@ def test_pii_scan_drops_examples_with_pii(tmp_path):
 def test_raft_distractors_quality_gate_and_dedup_against_existing_rows(tmp_path):
     chunks = _chunks(tmp_path, DOC, TICKET)
     # RAFT: the oracle passage among two distractors, in a seeded order recorded in meta
-    res = SynthStage(SynthConfig(include_context=True, distractors=2, min_answer_chars=10)).process(chunks, _ctx(tmp_path, "synth"))
+    raft = SynthConfig(include_context=True, distractors=2)
+    res = synth_then_filter(chunks, tmp_path, raft, SynthFilterConfig(min_answer_chars=10))
     by_id = {c["id"]: c for c in chunks.to_pylist()}
     rows = res.table.to_pylist()
     assert rows and all(r["template"] == "grounded_qa_raft_v1:" + json.loads(r["meta"])["kind"] for r in rows)
@@ -206,7 +226,7 @@ def test_raft_distractors_quality_gate_and_dedup_against_existing_rows(tmp_path)
         assert all(by_id[d]["text"] in user for d in meta["distractor_ids"]) and r["source_ids"][0] not in meta["distractor_ids"]
         positions.add(meta["oracle_position"])
     assert len(positions) > 1  # the oracle is not always first
-    again = SynthStage(SynthConfig(include_context=True, distractors=2, min_answer_chars=10)).process(chunks, _ctx(tmp_path, "synth"))
+    again = synth_then_filter(chunks, tmp_path, raft, SynthFilterConfig(min_answer_chars=10))
     assert again.table.column("messages").to_pylist() == res.table.column("messages").to_pylist()  # deterministic
 
     # existing rows (e.g. annotated examples): a generated answer near-duplicating one of them is dropped
@@ -217,9 +237,9 @@ def test_raft_distractors_quality_gate_and_dedup_against_existing_rows(tmp_path)
         "id": "a1", "messages": [{"role": "user", "content": "What is the drop queue?"}, {"role": "assistant", "content": answer}],
         "origin": "annotated", "source_ids": ["x"], "teacher": None, "template": None, "judge_score": None, "split": None,
         "meta": None}], schema=EXAMPLES), existing / "part-00000.parquet")
-    cfg = SynthConfig(min_answer_chars=10, inputs=["chunk", "annotated"], existing_steps=["annotated"],
-                      quality={"min_alpha_words_ratio": 0.99})
-    res = SynthStage(cfg).process(chunks, _ctx(tmp_path, "synth", inputs={"chunk": tmp_path, "annotated": existing}))
+    cfg = SynthFilterConfig(min_answer_chars=10, inputs=["synth", "annotated"], existing_steps=["annotated"],
+                            quality={"min_alpha_words_ratio": 0.99})
+    res = synth_then_filter(chunks, tmp_path, SynthConfig(), cfg, inputs={"synth": tmp_path, "annotated": existing})
     reasons = Counter(d["reason"] for d in res.decisions.to_pylist() if d["action"] == "drop")
     assert reasons["near_duplicate_existing"] == 1
     assert all(answer not in r["messages"][1]["content"] for r in res.table.to_pylist())

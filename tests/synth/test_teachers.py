@@ -15,11 +15,12 @@ import json
 import pytest
 
 from schemas.arrow import EXAMPLES, validate
-from synth.config import SynthConfig
+from synth.config import SynthConfig, SynthFilterConfig
 from schemas.stage import StageContext
 from synth.stage import SynthStage
 from synth.tasks import ParseError, parse_answer, parse_instructions, parse_judge, parse_qa
 from tests.synth.conftest import MEMORISED_CHUNKS
+from tests.synth.test_synth import synth_then_filter
 
 
 def _ctx(tmp_path, step="synth", **kw):
@@ -63,9 +64,8 @@ def test_transformers_teacher_direct_happy_path_and_garbage(teachers, tmp_path):
     """Trained teacher via distilabel TransformersLLM: memorised chunks become judged examples, the rest quarantine."""
     chunks = teachers["chunks"]
     cfg = SynthConfig(teacher={"kind": "transformers", "model": str(teachers["trained"]), "temperature": 0,
-                               "max_new_tokens": 96, "concurrency": 8},
-                      min_answer_chars=10, judge={"min_groundedness": 0.75})
-    res = SynthStage(cfg).process(chunks, _ctx(tmp_path))
+                               "max_new_tokens": 96, "concurrency": 8})
+    res = synth_then_filter(chunks, tmp_path, cfg, SynthFilterConfig(min_answer_chars=10, min_groundedness=0.75))
     dec, q = _check_accounting(res, chunks.num_rows)
     rows = res.table.to_pylist()
     memorised = {c["id"]: c for c in chunks.to_pylist()[:MEMORISED_CHUNKS]}
@@ -98,7 +98,7 @@ def test_transformers_teacher_as_distilabel_pipeline_quarantines_garbage(teacher
     chunks = teachers["chunks"].slice(0, 2)
     cfg = SynthConfig(teacher={"kind": "transformers", "model": str(teachers["random"]), "max_new_tokens": 12,
                                "engine": "pipeline"}, samples_per_chunk=2)
-    res = SynthStage(cfg).process(chunks, _ctx(tmp_path))
+    res = synth_then_filter(chunks, tmp_path, cfg)
     dec, q = _check_accounting(res, 4)
     assert res.table.num_rows == 0
     assert len(q) == 4 and all(r["reason"].startswith("teacher_parse_error:") for r in q)
@@ -122,10 +122,10 @@ def test_openai_teacher_against_transformers_serve(served_teacher, teachers, tmp
     cfg = SynthConfig(teacher={"kind": "openai", "model": model, "base_url": url, "temperature": 0, "max_new_tokens": 96,
                                "concurrency": 8, "retries": 1, "timeout": 60, "cost_per_input_token": 1e-6,
                                "cost_per_output_token": 2e-6},
-                      samples_per_chunk=2, min_answer_chars=10, pii_mode="patterns",
-                      judge={"min_lexical_groundedness": 0.9})
+                      samples_per_chunk=2, pii_mode="patterns")
     assert cfg.scan_pii  # on by default for remote teachers
-    res = SynthStage(cfg).process(table, _ctx(tmp_path))
+    res = synth_then_filter(table, tmp_path, cfg, SynthFilterConfig(min_answer_chars=10, min_lexical_groundedness=0.9,
+                                                                    pii_mode="patterns"))
     dec, q = _check_accounting(res, 0)
     c = res.counters
     n_sent = 2 * chunks.num_rows  # the leaky chunk's two prompts were blocked
@@ -162,10 +162,10 @@ def test_self_instruct_and_evol_instruct_run_end_to_end(teachers, tmp_path):
     prompts are parroted runbook lines, so this proves the chain and its accounting, not instruction quality."""
     chunks = teachers["chunks"].slice(0, 2)
     for task in ("self_instruct", "evol_instruct"):
-        cfg = SynthConfig(task=task, samples_per_chunk=2, min_answer_chars=1, min_judge_score=0.0, dedup_threshold=None,
-                          quality=None, teacher={"kind": "transformers", "model": str(teachers["trained"]),
-                                                 "temperature": 0, "max_new_tokens": 48})
-        res = SynthStage(cfg).process(chunks, _ctx(tmp_path, task))
+        cfg = SynthConfig(task=task, samples_per_chunk=2, teacher={"kind": "transformers", "model": str(teachers["trained"]),
+                                                                   "temperature": 0, "max_new_tokens": 48})
+        res = synth_then_filter(chunks, tmp_path, cfg, SynthFilterConfig(min_answer_chars=1, min_judge_score=0.0,
+                                                                         dedup_threshold=None, quality=None), step=task)
         dec, q = _check_accounting(res, 0)
         c = res.counters
         assert c["teacher:requests"] >= 2 + 2  # instructions per chunk, then at least one answer per parsed instruction
@@ -185,9 +185,10 @@ def test_multi_turn_follow_ups(teachers, tmp_path):
     """turns=2: one follow-up request per first-turn QA (template followup_qa_v1), one judge call per turn.
     The tiny teacher never saw follow-up prompts: whatever it writes is parsed or quarantined, never a crash."""
     chunks = teachers["chunks"]
-    cfg = SynthConfig(turns=2, min_answer_chars=1, min_judge_score=0.0, dedup_threshold=None, quality=None,
-                      teacher={"kind": "transformers", "model": str(teachers["trained"]), "temperature": 0, "max_new_tokens": 96})
-    res = SynthStage(cfg).process(chunks, _ctx(tmp_path))
+    cfg = SynthConfig(turns=2, teacher={"kind": "transformers", "model": str(teachers["trained"]), "temperature": 0,
+                                        "max_new_tokens": 96})
+    res = synth_then_filter(chunks, tmp_path, cfg, SynthFilterConfig(min_answer_chars=1, min_judge_score=0.0,
+                                                                     dedup_threshold=None, quality=None))
     dec, q = _check_accounting(res, 0)
     c = res.counters
     followups = [x for x in q if json.loads(x["payload"])["template"] == "followup_qa_v1"]
