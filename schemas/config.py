@@ -9,12 +9,16 @@ starts with an error naming the bad key and the valid ones.
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, quote
+
+#: what a step name may be (it becomes a folder name under the workspace)
+STEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def runtime(default: Any = ..., **kw: Any) -> Any:
@@ -32,10 +36,20 @@ class StageConfig(Strict):
     """Base of every stage config. Subclasses set ``stage: Literal[...]`` and are listed in slmforge/stages.py."""
 
     stage: str = Field(description="Stage type, e.g. 'filter'.")
-    name: str | None = Field(None, description="Unique name of this step in the recipe (default: the stage type).")
+    name: str | None = Field(None, description="Unique name of this step in the recipe (default: the stage type); "
+                             "1-64 letters, digits, '_', '.', '-', starting with a letter or digit, no '..' "
+                             "(it names the step's folder in the workspace).")
     inputs: list[str] | None = Field(
         None, description="Names of upstream steps this one reads (default: the step before it)."
     )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str | None) -> str | None:
+        if value is not None and (not STEP_NAME.fullmatch(value) or ".." in value):
+            raise ValueError("a step name is 1-64 letters, digits, '_', '.', '-', starting with a letter or digit, "
+                             "without '..' (it names a folder inside the workspace)")
+        return value
 
     @property
     def step_name(self) -> str:
@@ -69,6 +83,10 @@ def suggest(word: str, options: list[str]) -> str:
     return f"did you mean '{close[0]}'? " if close else ""
 
 
+def _got(value: Any) -> str:
+    return quote(repr(value) if isinstance(value, str) else value)
+
+
 def config_error_from(exc: ValidationError, model: type[BaseModel], *, where: str) -> ConfigError:
     """Turn a pydantic error into one that names the bad key, what was expected and the fix."""
     fields = sorted(model.model_fields)
@@ -80,7 +98,7 @@ def config_error_from(exc: ValidationError, model: type[BaseModel], *, where: st
             lines.append(f"unknown key '{key}'")
             fixes.append(f"{suggest(key, fields)}valid keys: {', '.join(fields)}")
         else:
-            lines.append(f"'{loc}': {err['msg']} (got {err.get('input')!r})")
+            lines.append(f"'{loc}': {err['msg']} (got {_got(err.get('input'))})")
             desc = model.model_fields.get(str(err["loc"][0])) if err["loc"] else None
             if desc is not None and desc.description:
                 fixes.append(f"'{err['loc'][0]}' is {desc.description}")

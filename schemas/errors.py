@@ -6,6 +6,23 @@ on it without reading our code (DESIGN.md §6.7).
 
 from __future__ import annotations
 
+import reprlib
+
+#: longest value quoted in an error message (characters); a hostile input must not make the message huge
+MAX_QUOTE = 2000
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict, _REPR.maxset = 4, 50, 50, 50, 50
+_REPR.maxstring = _REPR.maxother = _REPR.maxlong = 300
+
+
+def quote(value: object) -> str:
+    """``value`` for an error message, bounded in size however large it is (strings as they are,
+    other values as a shortened repr)."""
+    text = value if isinstance(value, str) else _REPR.repr(value)
+    if len(text) > MAX_QUOTE:
+        text = f"{text[:MAX_QUOTE]}… ({len(text):,} characters)"
+    return text
+
 
 class SlmforgeError(Exception):
     """Base error. Build it with ``received``/``expected``/``fix`` so messages teach."""
@@ -24,9 +41,9 @@ class SlmforgeError(Exception):
         self.fix = fix
         parts = [message]
         if received is not None:
-            parts.append(f"received: {received}")
+            parts.append(f"received: {quote(received)}")
         if expected is not None:
-            parts.append(f"expected: {expected}")
+            parts.append(f"expected: {quote(expected)}")
         if fix is not None:
             parts.append(f"fix: {fix}")
         super().__init__("\n  ".join(parts))

@@ -77,6 +77,12 @@ class Stage(Generic[C]):
     output: ClassVar[pa.Schema | None] = None
     #: columns added to the input's, when the stage passes rows through
     adds: ClassVar[Mapping[str, pa.DataType]] = {}
+    #: artifact stages: the input roles they need, checked by plan() before any work
+    #: (``examples``: a table with ``messages``; ``base_model``, ``adapter``, ``eval``: what an
+    #: artifact step ``provides``)
+    needs: ClassVar[tuple[str, ...]] = ()
+    #: artifact stages: the role their folder plays for a later artifact stage
+    provides: ClassVar[str | None] = None
 
     def __init__(self, config: C) -> None:
         self.config = config
@@ -94,6 +100,10 @@ class Stage(Generic[C]):
         """Anything besides config and upstream that decides the output (e.g. input file manifest)."""
         return {}
 
+    def roots(self) -> list[Path]:
+        """Source stages: the folders they read (plan() refuses a workspace inside one)."""
+        return []
+
     # --- work ----------------------------------------------------------------------------
     def load(self) -> None:
         """Build expensive state (models, analyzers, indexes). Called once per worker."""
@@ -108,6 +118,13 @@ class Stage(Generic[C]):
     # global
     def prepare(self, shards: list[Path], ctx: StageContext) -> None:
         """Global stages: compute cross-shard state into ``ctx.work_dir`` (atomically)."""
+
+    def prepare_distributed(self, shards: list[Path], ctx: StageContext, *, backend: str,
+                            workers: int) -> tuple[dict[str, Any], dict[str, float]] | None:
+        """Global stages may compute :meth:`prepare` natively on a distributed ``backend`` (``"ray"``:
+        called on the driver with the Ray session up), writing exactly what ``prepare`` writes.
+        Return ``(stats, seconds by phase)``, or None to let the executor run ``prepare`` as one task."""
+        return None
 
     # map / global
     def process(self, table: pa.Table, ctx: StageContext) -> ShardResult:

@@ -9,12 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
-from rich.console import Console
 
-from slmforge import cli_annotate, cli_pii, cli_search, cli_synth, cli_train
+from slmforge import cli_annotate, cli_ask, cli_dedup, cli_pii, cli_search, cli_synth, cli_train
+from slmforge.cli_common import console, out, parse_sets, reporter, run_with_errors
 
 app = typer.Typer(
     name="slmforge",
@@ -23,9 +23,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console(stderr=True)
-out = Console()
-
 DEFAULT_WORKSPACE = Path("workspace/demo")
 
 
@@ -41,32 +38,6 @@ def _main(verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="-v
     _setup_logging(verbose)
 
 
-def _fail(exc: Exception) -> None:
-    console.print(f"[bold red]error:[/] {exc}")
-    raise typer.Exit(2)
-
-
-def _parse_sets(values: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    out_: dict[str, Any] = {}
-    for item in values or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out_[k.strip()] = yaml.safe_load(v)
-    return out_
-
-
-def run_with_errors(fn, *args, **kw):
-    from schemas.errors import SlmforgeError
-
-    try:
-        return fn(*args, **kw)
-    except SlmforgeError as exc:
-        _fail(exc)
-
-
 @app.command()
 def run(
     recipe: Path = typer.Argument(..., help="YAML recipe, e.g. data/recipes/demo.yaml."),
@@ -77,15 +48,15 @@ def run(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars or per-stage tables."),
 ) -> None:
     """Run a recipe: check the whole chain first, then each stage (cached stages are skipped)."""
-    from slmforge.stages import load_recipe
-    from slmforge.report import RichReporter, run_table
+    from slmforge.report import run_table
     from slmforge.runner import run_recipe
+    from slmforge.stages import load_recipe
 
     overrides = {k: v for k, v in {"executor": executor, "address": address}.items() if v is not None}
 
     def go():
         r = load_recipe(recipe, overrides=overrides)
-        return run_recipe(r, until=until, reporter=RichReporter(console, quiet=quiet), workers=workers)
+        return run_recipe(r, until=until, reporter=reporter(quiet=quiet), workers=workers)
 
     stats = run_with_errors(go)
     console.print(run_table(stats))
@@ -118,11 +89,10 @@ def ingest(
 ) -> None:
     """Read raw files into documents with stable ids; bad files are quarantined, not fatal."""
     from curation.config import IngestConfig
-    from slmforge.report import RichReporter
     from slmforge.runner import run_step
 
     cfg = IngestConfig(paths=paths, text_field=text_field, split_pattern=split_pattern)
-    run_with_errors(run_step, cfg, [], output, workers=workers, reporter=RichReporter(console))
+    run_with_errors(run_step, cfg, [], output, workers=workers, reporter=reporter())
     console.print(f"wrote {output} (+ {output.with_suffix('.decisions.parquet').name}, "
                   f"{output.with_suffix('.quarantine.parquet').name})")
 
@@ -139,49 +109,21 @@ def filter_cmd(
 
     import pyarrow.parquet as pq
 
-    from curation.quality import SCORE_COLUMNS
-    from slmforge.stages import parse_stage
     from curation.config import ScoreConfig
-    from slmforge.report import RichReporter
+    from curation.quality import SCORE_COLUMNS
     from slmforge.runner import run_step
+    from slmforge.stages import parse_stage
 
     def go():
-        cfg = parse_stage({"stage": "filter", **_parse_sets(set_)}, where="--set")
+        cfg = parse_stage({"stage": "filter", **parse_sets(set_)}, where="--set")
         src = input
         with tempfile.TemporaryDirectory(dir=output.parent if output.parent.exists() else None) as tmp:
             if not set(SCORE_COLUMNS) <= set(pq.read_schema(input).names):
                 src = Path(tmp) / "scored.parquet"
-                run_step(ScoreConfig(), [input], src, workers=workers, reporter=RichReporter(console))
-            return run_step(cfg, [src], output, workers=workers, reporter=RichReporter(console))
+                run_step(ScoreConfig(), [input], src, workers=workers, reporter=reporter())
+            return run_step(cfg, [src], output, workers=workers, reporter=reporter())
 
     run_with_errors(go)
-
-
-@app.command()
-def dedup(
-    input: Path = typer.Option(..., "--input", "-i", help="Parquet with columns id (int or string), text."),
-    output: Path = typer.Option(..., "--output", "-o", help="Parquet with id, cluster_id."),
-    exact: bool = typer.Option(False, "--exact", help="Exact dedup on the normalised text hash."),
-    threshold: float = typer.Option(0.8, help="Jaccard threshold for near-duplicates (MinHash)."),
-    num_perm: int = typer.Option(128, "--num-perm", help="MinHash permutations."),
-    ngram: int = typer.Option(5, help="Word n-gram shingle size."),
-    workers: int = typer.Option(2, help="Worker processes (results do not depend on it)."),
-) -> None:
-    """Cluster duplicates: writes id, cluster_id (duplicates share a cluster id; singletons have their own)."""
-    import time
-
-    t0 = time.perf_counter()
-    if exact:
-        from curation.dedup.exact import dedup_file
-
-        stats = run_with_errors(dedup_file, input, output)
-    else:
-        from curation.dedup.near import dedup_file as near_dedup_file
-        from curation.dedup.config import NearDedupConfig
-
-        cfg = NearDedupConfig(threshold=threshold, num_perm=num_perm, ngram=ngram)
-        stats = run_with_errors(near_dedup_file, input, output, config=cfg, workers=workers)
-    console.print(f"{stats} in {time.perf_counter() - t0:.1f}s -> {output}")
 
 
 @app.command("trace")
@@ -218,7 +160,7 @@ def stats(
     import json
 
     from slmforge.report import run_table
-    from slmforge.runner import latest_manifest
+    from slmforge.plan import latest_manifest
 
     manifest = run_with_errors(latest_manifest, workspace)
     rows = []
@@ -229,8 +171,14 @@ def stats(
     out.print(run_table(rows))
 
 
-for _area in (cli_pii, cli_annotate, cli_synth, cli_train, cli_search):
-    _area.register(app)
+# sub-command modules: one line each
+cli_dedup.register(app)
+cli_pii.register(app)
+cli_annotate.register(app)
+cli_synth.register(app)
+cli_train.register(app)
+cli_search.register(app)
+cli_ask.register(app)
 
 
 def main() -> None:  # console-script entry point

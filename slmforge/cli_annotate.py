@@ -8,14 +8,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from slmforge.cli_common import fail as _fail
+
 console = Console()
 annotate_app = typer.Typer(help="Expert review in Argilla: embedded server, push queues, pull answers.",
                            no_args_is_help=True)
-
-
-def _fail(exc: Exception) -> None:
-    console.print(f"[red]error:[/red] {exc}")
-    raise typer.Exit(1)
 
 
 @annotate_app.command()
@@ -71,11 +68,11 @@ def status(workspace: str = typer.Option("argilla", help="Argilla workspace.")) 
 
 
 def _stage_config(path: Path, kind: str):
-    import yaml
+    from schemas.yamlsafe import load_yaml
 
     from curation.annotate.config import AnnotateConfig, AnnotateMergeConfig
 
-    data = yaml.safe_load(path.read_text())
+    data = load_yaml(path.read_text(), where=str(path))
     model = AnnotateConfig if kind == "annotate" else AnnotateMergeConfig
     data.setdefault("stage", kind)
     return model.model_validate(data)

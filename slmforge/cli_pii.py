@@ -6,29 +6,46 @@ from pathlib import Path
 
 import typer
 
+from slmforge.cli_common import console, run_with_errors
+
 pii_app = typer.Typer(help="Find and scrub PII and secrets in a documents Parquet file.", no_args_is_help=True)
 
 
 def _config(mode: str, anonymize: str, threshold: float, workers: int, entities: str | None):
-    from curation.pii.config import PiiConfig
+    from slmforge.stages import parse_stage
 
-    kw = dict(mode=mode, anonymize=anonymize, score_threshold=threshold, workers=workers)
+    kw = dict(stage="pii", mode=mode, anonymize=anonymize, score_threshold=threshold, workers=workers)
     if entities:
         kw["entities"] = [e.strip() for e in entities.split(",") if e.strip()]
-    return PiiConfig(**kw)
+    return run_with_errors(parse_stage, kw, where="slmforge pii")
 
 
-def _read(path: Path):
+def _check(path: Path) -> None:
     import pyarrow.parquet as pq
 
     from schemas.errors import SchemaError
 
-    table = pq.read_table(path)
-    missing = [c for c in ("id", "text") if c not in table.column_names]
+    names = pq.read_schema(path).names
+    missing = [c for c in ("id", "text") if c not in names]
     if missing:
-        raise SchemaError(f"{path} lacks columns {missing}", received=table.column_names,
+        raise SchemaError(f"{path} lacks columns {missing}", received=names,
                           expected="columns id, text", fix="pass a documents Parquet file (slmforge ingest output)")
-    return table
+
+
+def _run(config, input: Path, output: Path, workers: int) -> tuple[dict, list[dict]]:
+    """The pii stage on ``input`` through the runner's one step path; returns its stats and its
+    decisions (one ``modify`` row per changed document, the spans in ``detail``)."""
+    import json
+
+    from schemas.io import read_parquet
+    from slmforge.runner import run_step
+
+    _check(input)
+    stats = run_step(config, [input], output, workers=workers)
+    dec = read_parquet(output.with_suffix(".decisions.parquet")).to_pylist()
+    for d in dec:
+        d["spans"] = json.loads(d["detail"]).get("spans", []) if d["detail"] else []
+    return stats, dec
 
 
 @pii_app.command("detect")
@@ -41,50 +58,44 @@ def detect(
     entities: str = typer.Option(None, help="Comma-separated entity types (default: all)."),
 ) -> None:
     """Write one row per found span (no original values)."""
-    import pyarrow as pa
-    from rich.console import Console
+    import tempfile
 
-    from curation.pii import find_pii
+    import pyarrow as pa
+
     from schemas.io import write_parquet
 
-    table = _read(input)
-    spans = find_pii(table.column("text").to_pylist(), config=_config(mode, "placeholder", threshold, workers, entities))
+    def go():
+        with tempfile.TemporaryDirectory(prefix=".slmforge-pii-", dir=output.parent) as tmp:
+            return _run(_config(mode, "placeholder", threshold, workers, entities), input,
+                        Path(tmp) / "scrubbed.parquet", workers)
+
+    stats, dec = run_with_errors(go)
     rows = {"id": [], "start": [], "end": [], "entity_type": [], "score": []}
-    for doc_id, found in zip(table.column("id").to_pylist(), spans):
-        for s in found:
-            rows["id"].append(doc_id)
+    for d in dec:
+        for span in d["spans"]:
+            rows["id"].append(d["id"])
             for k in ("start", "end", "entity_type", "score"):
-                rows[k].append(s[k])
+                rows[k].append(span[k])
     schema = pa.schema([("id", pa.string()), ("start", pa.int64()), ("end", pa.int64()),
                         ("entity_type", pa.string()), ("score", pa.float64())])
     write_parquet(pa.Table.from_pydict(rows, schema=schema), output)
-    Console().print(f"{len(rows['id'])} spans in {table.num_rows} documents -> {output}")
+    console.print(f"{len(rows['id'])} spans in {stats['rows_in']} documents -> {output}")
 
 
 @pii_app.command("scrub")
 def scrub(
     input: Path = typer.Option(..., "--input", exists=True, dir_okay=False, help="Parquet with columns id, text."),
-    output: Path = typer.Option(..., "--output", help="Same rows with 'text' scrubbed."),
+    output: Path = typer.Option(..., "--output", help="Same rows with every text column scrubbed (+ out.decisions.parquet)."),
     mode: str = typer.Option("ner", help="ner | patterns"),
     anonymize: str = typer.Option("placeholder", help="redact | placeholder | pseudonym"),
     threshold: float = typer.Option(0.5, help="Minimum score 0..1."),
     workers: int = typer.Option(1, help="Worker processes."),
     entities: str = typer.Option(None, help="Comma-separated entity types (default: all)."),
 ) -> None:
-    """Replace PII/secrets in the text column and write the table back."""
-    import pyarrow as pa
-    from rich.console import Console
-
-    from curation.pii import scrub_texts
-    from schemas.io import write_parquet
-
-    table = _read(input)
-    texts, spans = scrub_texts(table.column("text").to_pylist(),
-                               config=_config(mode, anonymize, threshold, workers, entities))
-    col = table.schema.get_field_index("text")
-    table = table.set_column(col, table.schema.field(col), pa.array(texts, type=table.schema.field(col).type))
-    write_parquet(table, output)
-    Console().print(f"{sum(map(len, spans))} spans replaced in {sum(1 for s in spans if s)}/{table.num_rows} documents -> {output}")
+    """Replace PII/secrets in every text column (text, title, meta, source ...) and write the table back."""
+    stats, dec = run_with_errors(_run, _config(mode, anonymize, threshold, workers, entities), input, output, workers)
+    console.print(f"{sum(len(d['spans']) for d in dec)} spans replaced in {stats['modified']}/{stats['rows_in']} "
+                  f"documents -> {output}")
 
 
 def register(app: typer.Typer) -> None:

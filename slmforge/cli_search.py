@@ -15,10 +15,7 @@ def index_dir(workspace: Path, *, step: str | None = None) -> Path:
     """The folder of the index step of the last run in ``workspace`` (the last one, or the one named ``step``)."""
     from schemas.errors import ConfigError
 
-    try:  # the workspace manifest reader (slmforge.plan after the runner split, slmforge.runner before it)
-        from slmforge.plan import latest_manifest
-    except ImportError:
-        from slmforge.runner import latest_manifest
+    from slmforge.plan import latest_manifest
 
     steps = latest_manifest(workspace)["steps"]
     found = [s for s in steps if s["stage"] == "index" and (step is None or s["name"] == step)]
@@ -50,7 +47,7 @@ def register(app: typer.Typer) -> None:
         from rich.text import Text
 
         from curation.index import open_index
-        from slmforge.cli import run_with_errors
+        from slmforge.cli_common import run_with_errors
 
         console = Console()
         ix = run_with_errors(lambda: open_index(index if index is not None else index_dir(workspace, step=step)))

@@ -24,7 +24,7 @@ def register(app: typer.Typer) -> None:
 
         from slmforge.stages import load_recipe
         from schemas.errors import ConfigError
-        from slmforge.cli import run_with_errors
+        from slmforge.cli_common import run_with_errors
         from slmforge.report import RichReporter, run_table
         from slmforge.runner import run_recipe
 

@@ -13,73 +13,24 @@ from typing import Any, Optional
 
 import typer
 
-SET_HELP = "Any other config field, key=value (YAML value), repeatable, e.g. --set rank=8."
+from slmforge.cli_common import SET_HELP, parse_sets, run_with_errors, stats_table
 
-
-def _sets(values: list[str] | None) -> dict[str, Any]:
-    import yaml
-
-    out: dict[str, Any] = {}
-    for item in values or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(value)
-    return out
 
 
 def run_artifact(stage_type: str, fields: dict[str, Any], inputs: dict[str, Path], out: Path) -> dict[str, Any]:
-    """Validate the config, run the artifact stage into ``out`` (resumable state in ``out/_work``)."""
-    from slmforge.stages import load_stage, parse_stage
-    from schemas.errors import ConfigError
-    from schemas.io import write_json
-    from schemas.stage import StageContext
+    """Validate the config and run the artifact stage into ``out`` through the runner's one step path
+    (:func:`slmforge.runner.run_step`; resumable state in ``out/_work``)."""
+    from slmforge.runner import run_step
+    from slmforge.stages import parse_stage
 
-    for name, path in inputs.items():
-        if not Path(path).exists():
-            raise ConfigError(f"--{name.replace('_', '-')}: path not found", received=str(path),
-                              fix="pass an existing folder (or Parquet file for --dataset)")
     config = parse_stage({"stage": stage_type, **{k: v for k, v in fields.items() if v is not None}},
                          where=f"slmforge {stage_type}")
-    stage = load_stage(config)
-    out = Path(out)
-    (out / "_work").mkdir(parents=True, exist_ok=True)
-    ctx = StageContext(stage_dir=out, work_dir=out / "_work", step=stage_type, inputs=inputs, out_dir=out)
-    stage.load()
-    stats = stage.run(ctx)
-    write_json(stats, out / "stats.json")
-    return stats
+    return run_step(config, inputs, Path(out))
 
 
-def _report(title: str, stats: dict[str, Any], out: Path) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    table.add_column("stat")
-    table.add_column("value")
-    for key, value in stats.items():
-        if isinstance(value, (dict, list)) and key != "warnings":
-            continue
-        if key == "warnings":
-            for w in value:
-                table.add_row("[yellow]warning[/]", str(w))
-            continue
-        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    Console().print(table)
-    Console().print(f"wrote {out}")
-
-
-def _guarded(fn):
-    from schemas.errors import SlmforgeError
-
-    try:
-        return fn()
-    except SlmforgeError as exc:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+def _run(stage_type: str, fields: dict[str, Any], inputs: dict[str, Path], out: Path) -> None:
+    stats = run_with_errors(run_artifact, stage_type, fields, inputs, out)
+    stats_table(stage_type, stats, out)
 
 
 def register(app: typer.Typer) -> None:
@@ -99,9 +50,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """LoRA/QLoRA fine-tune on the train split; resumes from out/_work when re-run."""
         fields = {"epochs": epochs, "max_steps": max_steps, "rank": rank, "learning_rate": learning_rate,
-                  "quantization": quantization, **_sets(set_)}
-        stats = _guarded(lambda: run_artifact("train", fields, {"dataset": dataset, "base_model": base_model}, out))
-        _report("train", stats, out)
+                  "quantization": quantization, **parse_sets(set_)}
+        _run("train", fields, {"dataset": dataset, "base_model": base_model}, out)
 
     @app.command("eval")
     def eval_cmd(
@@ -114,10 +64,9 @@ def register(app: typer.Typer) -> None:
         set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     ) -> None:
         """Base vs tuned on held-out rows: loss, perplexity, exact match, token F1, ROUGE-L."""
-        fields = {"split": split, "max_examples": max_examples, **_sets(set_)}
+        fields = {"split": split, "max_examples": max_examples, **parse_sets(set_)}
         inputs = {"dataset": dataset, "base_model": base_model, "adapter": adapter}
-        stats = _guarded(lambda: run_artifact("eval", fields, inputs, out))
-        _report("eval", stats, out)
+        _run("eval", fields, inputs, out)
 
     @app.command("export")
     def export_cmd(
@@ -131,11 +80,10 @@ def register(app: typer.Typer) -> None:
         set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     ) -> None:
         """Merge the adapter, write verified GGUF files and an Ollama Modelfile."""
-        fields = {"quantizations": quant or None, "model_name": model_name, **_sets(set_)}
+        fields = {"quantizations": quant or None, "model_name": model_name, **parse_sets(set_)}
         if quant and "ollama_quantization" not in fields:
             fields["ollama_quantization"] = "Q8_0" if "Q8_0" in quant else quant[0]
         inputs = {"dataset": dataset, "base_model": base_model, "adapter": adapter}
         if eval_dir is not None:
             inputs["eval"] = eval_dir
-        stats = _guarded(lambda: run_artifact("export", fields, inputs, out))
-        _report("export", stats, out)
+        _run("export", fields, inputs, out)

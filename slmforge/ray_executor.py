@@ -1,7 +1,8 @@
 """Run a planned recipe on a Ray cluster with the same files, fingerprints and decisions as local.
 
-The unit of work is the runner's shard, exactly as in the local executor: one Ray task per
-pending shard (1 CPU, at most ``workers`` in flight) runs :func:`slmforge.runner._run_shard`;
+An :class:`slmforge.execute.Executor`: the step lifecycle is :func:`slmforge.execute.execute`, as
+locally. The unit of work is the shard, exactly as in the local executor: one Ray task per
+pending shard (1 CPU, at most ``workers`` in flight) runs :func:`slmforge.shards.run_shard`;
 stages that override ``load()`` (PII analyzer, teacher clients) run in a pool of ``workers``
 actors instead, each building the heavy state once and taking the next shard when it is free.
 Tasks run on Ray's pooled worker processes (no process start per step). Because each shard is
@@ -11,7 +12,8 @@ byte-identical to a local run, and markers make a Ray run resumable by a local r
 shared storage, and Ray Data's fixed cost per execution dominated on small clusters; docs/ray.md.)
 
 Global stages compute their cross-shard state (``prepare``) in one Ray task, then map shards —
-except ``near_dedup``, whose ``prepare`` runs Ray-native (:mod:`curation.dedup.near_ray`:
+except a stage that offers a distributed prepare (``Stage.prepare_distributed``): ``near_dedup``'s
+runs Ray-native (:mod:`curation.dedup.near_ray`:
 signatures and band grouping as a hash shuffle of Ray tasks, distributed verification,
 connected components on the driver or with a large-star/small-star loop) and writes the same
 cluster file;
@@ -24,27 +26,22 @@ from __future__ import annotations
 import json
 import pickle
 import time
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from schemas.errors import ConfigError, StageError, require
-from schemas.io import write_json
+from schemas.errors import ConfigError, require
+from slmforge.execute import Executor
+from slmforge.shards import loaded, loaded_copy, run_artifact, run_prepare, run_shard
 
 #: environment for every Ray worker: one polars/arrow thread per worker process (the executor
 #: already runs one actor per CPU; nested thread pools only oversubscribe)
 WORKER_ENV = {"POLARS_MAX_THREADS": "1", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-#: environment variable read when ``near_dedup_components`` is not given (the recipe runner
-#: builds the executor from the recipe, so this is how a run picks the method without code)
-COMPONENTS_ENV = "SLMFORGE_RAY_NEAR_DEDUP_COMPONENTS"
 
 
 def _run_one(stage: Any, key: str, kind: str, i: int, item_blob: bytes, ctx: Any) -> dict:
     from dataclasses import replace
 
-    from slmforge.runner import _run_shard
-
-    return _run_shard(stage, key, kind, i, pickle.loads(item_blob), replace(ctx))
+    return run_shard(stage, key, kind, i, pickle.loads(item_blob), replace(ctx))
 
 
 class _ShardActor:
@@ -52,11 +49,9 @@ class _ShardActor:
     through it (the PII analyzer or a teacher client is built once per actor)."""
 
     def __init__(self, stage_blob: bytes, key: str, kind: str, ctx_blob: bytes) -> None:
-        from slmforge.runner import _loaded
-
         self.stage = pickle.loads(stage_blob)
         self.key, self.kind, self.ctx = key, kind, pickle.loads(ctx_blob)
-        _loaded(self.stage, key)  # stage.load() once per actor
+        loaded(self.stage, key)  # stage.load() once per actor
 
     def run(self, i: int, item_blob: bytes) -> dict:
         return _run_one(self.stage, self.key, self.kind, i, item_blob, self.ctx)
@@ -64,10 +59,8 @@ class _ShardActor:
 
 def _shard_task(stage_blob: bytes, key: str, kind: str, ctx_blob: bytes, i: int, item_blob: bytes) -> dict:
     """Ray task for stages without heavy state: pooled worker processes are reused, and
-    ``_loaded`` keeps one loaded copy per process."""
-    from slmforge.runner import _LOADED
-
-    stage = _LOADED.get(key) or pickle.loads(stage_blob)
+    ``loaded`` keeps one loaded copy per process."""
+    stage = loaded_copy(key) or pickle.loads(stage_blob)
     return _run_one(stage, key, kind, i, item_blob, pickle.loads(ctx_blob))
 
 
@@ -79,55 +72,32 @@ def _heavy(stage: Any) -> bool:
 
 
 def _prepare_task(stage_blob: bytes, key: str, items: list[str], ctx_blob: bytes) -> float:
-    from slmforge.runner import _loaded
-
     started = time.perf_counter()
-    stage = _loaded(pickle.loads(stage_blob), key)
-    stage.prepare([Path(p) for p in items], pickle.loads(ctx_blob))
+    run_prepare(pickle.loads(stage_blob), key, [Path(p) for p in items], pickle.loads(ctx_blob))
     return time.perf_counter() - started
 
 
-def _artifact_task(step_blob: bytes, ctx_blob: bytes) -> dict:
-    from slmforge.runner import NullReporter, _execute_artifact
-
-    return _execute_artifact(pickle.loads(step_blob), pickle.loads(ctx_blob), NullReporter())
+def _artifact_task(stage_blob: bytes, key: str, ctx_blob: bytes) -> dict:
+    return run_artifact(pickle.loads(stage_blob), key, pickle.loads(ctx_blob))
 
 
-class RayExecutor:
+class RayExecutor(Executor):
     """Execute planned steps on Ray (``address=None`` starts a local Ray on this machine).
 
     ``workers`` is the number of shards in flight per map (tasks, or the actor pool size). When Ray is already
     initialised in this process (tests, notebooks), that session is used as is.
-
-    ``near_dedup_components`` chooses how the Ray-native near-dup computes connected components of
-    the verified pairs: ``driver`` (collect the edges, label them on the driver), ``large_star``
-    (distributed large-star/small-star loop, for edge lists that do not fit on the driver),
-    ``auto`` (driver up to ``near_dedup_edge_limit`` candidate pairs, default
-    ``curation.dedup.near_ray.DRIVER_EDGE_LIMIT``), or ``task`` (no Ray-native
-    near-dup: the stage's local ``prepare`` in one Ray task). Default: the environment variable
-    ``SLMFORGE_RAY_NEAR_DEDUP_COMPONENTS``, else ``auto``. Every choice writes the same files.
     """
 
-    def __init__(self, address: str | None, workers: int, *, object_store_memory: int | None = None,
-                 near_dedup_components: str | None = None, near_dedup_edge_limit: int | None = None) -> None:
-        import os
-
+    def __init__(self, address: str | None, workers: int, *, object_store_memory: int | None = None) -> None:
         if workers < 1:
             raise ConfigError("workers must be at least 1", received=workers, fix="pass --workers 1 or more")
+        super().__init__(workers=workers)
         self.address = address
-        self.workers = workers
         self.object_store_memory = object_store_memory
-        method = near_dedup_components or os.environ.get(COMPONENTS_ENV) or "auto"
-        if method not in ("auto", "driver", "large_star", "task"):
-            raise ConfigError("unknown near_dedup_components for the Ray executor", received=method,
-                              expected="auto | driver | large_star | task",
-                              fix=f"pass one of these (or set {COMPONENTS_ENV})")
-        self.near_dedup_components = method
-        self.near_dedup_edge_limit = near_dedup_edge_limit
-        self.timings: dict[str, dict[str, float]] = {}
-        #: step name -> stats of the Ray-native near-dup (docs, pairs, method chosen, rounds)
-        self.near_dedup_stats: dict[str, dict[str, Any]] = {}
+        #: step name -> stats of a stage's distributed prepare (near-dup: docs, pairs, method chosen, rounds)
+        self.prepare_stats: dict[str, dict[str, Any]] = {}
         self._started_ray = False
+        self._ray: Any = None
 
     # --- cluster --------------------------------------------------------------------------
     def _init(self) -> Any:
@@ -185,117 +155,38 @@ class RayExecutor:
             self._started_ray = False
             self.timings["_shutdown"] = {"seconds": round(time.perf_counter() - started, 3)}
 
-    # --- steps ----------------------------------------------------------------------------
-    def run(self, steps: Sequence[Any], by_name: Mapping[str, Any], *, reporter: Any = None) -> list[dict]:
-        from slmforge.runner import NullReporter
+    # --- the executor interface -----------------------------------------------------------
+    def start(self) -> None:
+        self._ray = self._init()
 
-        reporter = reporter or NullReporter()
-        ray = self._init()
-        try:
-            return [self.execute(ray, s, by_name, reporter=reporter) for s in steps]
-        finally:
-            self.shutdown()
+    def stop(self) -> None:
+        self.shutdown()
 
-    def execute(self, ray: Any, step: Any, by_name: Mapping[str, Any], *, reporter: Any) -> dict:
-        """Same contract as :func:`slmforge.runner.execute`, shards mapped by Ray tasks/actors."""
-        from schemas.stage import StageContext, no_progress
-        from slmforge.runner import SUCCESS, _finalize_tables, _num_rows, input_shards
-
-        d = step.dir
-        if (d / SUCCESS).exists():
-            stats = json.loads((d / "stats.json").read_text())
-            reporter.stage_start(step, cached=True, total=None)
-            reporter.stage_end(step, {**stats, "cached": True})
-            return {**stats, "cached": True}
-        for name in step.inputs:
-            if not (by_name[name].dir / SUCCESS).exists():
-                raise StageError(f"step '{step.name}' needs '{name}', which has not finished",
-                                 fix="run the recipe from the start: slmforge run RECIPE --executor ray")
-        d.mkdir(parents=True, exist_ok=True)
-        (d / "_shards").mkdir(exist_ok=True)
-        for leftover in [*d.glob(".*.tmp"), *(d / "_shards").glob(".*.tmp")]:
-            leftover.unlink(missing_ok=True)
-        work = d / "_work"
-        work.mkdir(exist_ok=True)
-        ctx = StageContext(stage_dir=d, work_dir=work, step=step.name,
-                           inputs={n: by_name[n].dir for n in step.inputs}, workers=self.workers,
-                           progress=no_progress)
-        timing: dict[str, float] = {}
-        started = time.perf_counter()
-        stage = step.stage
-        kind = stage.kind
-        key = f"{step.name}:{step.fingerprint}"
-        if kind == "artifact":
-            reporter.stage_start(step, cached=False, total=None)
-            t0 = time.perf_counter()
-            task = ray.remote(num_cpus=1)(_artifact_task)
-            stats = dict(ray.get(task.remote(pickle.dumps(step), pickle.dumps(ctx))))
-            timing["artifact"] = time.perf_counter() - t0
-        else:
-            if kind == "source":
-                from slmforge.runner import _loaded
-
-                items: list[Any] = _loaded(stage, key).plan(ctx)
-                reporter.stage_start(step, cached=False, total=None)
-            else:
-                items = input_shards(step, by_name)
-                reporter.stage_start(step, cached=False, total=sum(_num_rows(p) for p in items))
-                if kind == "global" and not (work / "_PREPARED").exists():
-                    t0 = time.perf_counter()
-                    timing.update(self._prepare(ray, step, items, ctx))
-                    write_json({"shards": len(items)}, work / "_PREPARED")
-                    timing["prepare"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            infos = self._map_shards(ray, step, key, items, ctx, reporter)
-            timing["map"] = time.perf_counter() - t0
-            t0 = time.perf_counter()
-            stats = _finalize_tables(step, infos)
-            timing["finalize"] = time.perf_counter() - t0
-        stats["seconds"] = round(time.perf_counter() - started, 3)
-        stats.update({"step": step.name, "stage": step.config.stage, "fingerprint": step.fingerprint, "kind": kind})
-        write_json(stats, d / "stats.json")
-        (d / SUCCESS).write_text("")
-        self.timings[step.name] = {k: round(v, 3) for k, v in timing.items()}
-        reporter.stage_end(step, stats)
-        return stats
-
-    def _prepare(self, ray: Any, step: Any, items: list[Path], ctx: Any) -> dict[str, float]:
-        """Global state: Ray-native for near_dedup, else the stage's ``prepare`` in one Ray task.
-        Returns a timing breakdown (seconds) for the report."""
-        if self.near_dedup_components != "task" and _is_near_dedup(step.stage):
-            from curation.dedup.near_ray import DRIVER_EDGE_LIMIT, prepare_on_ray
-
-            limit = self.near_dedup_edge_limit if self.near_dedup_edge_limit is not None else DRIVER_EDGE_LIMIT
-            stats, timing = prepare_on_ray(step.stage, items, ctx, workers=self.workers,
-                                           method=self.near_dedup_components, edge_limit=limit)
-            self.near_dedup_stats[step.name] = stats
+    def prepare(self, step: Any, items: list[Path], ctx: Any) -> dict[str, float]:
+        """Global state: the stage's distributed prepare where it offers one (near-dup), else its
+        ``prepare`` in one Ray task. Returns a timing breakdown (seconds) for the report."""
+        ray = self._ray
+        native = step.stage.prepare_distributed(items, ctx, backend="ray", workers=self.workers)
+        if native is not None:
+            stats, timing = native
+            self.prepare_stats[step.name] = stats
             return {f"prepare.{k}": v for k, v in timing.items()}
         task = ray.remote(num_cpus=1)(_prepare_task)
         ray.get(task.remote(pickle.dumps(step.stage), f"{step.name}:{step.fingerprint}",
                             [str(p) for p in items], pickle.dumps(ctx)))
         return {}
 
-    def _map_shards(self, ray: Any, step: Any, key: str, items: Sequence[Any], ctx: Any, reporter: Any) -> list[dict]:
-        from slmforge.runner import _shard_paths
+    def run_artifact(self, step: Any, ctx: Any, *, advance: Any) -> dict:
+        """One Ray task that asks for one CPU (no progress from inside it)."""
+        task = self._ray.remote(num_cpus=1)(_artifact_task)
+        return dict(self._ray.get(task.remote(pickle.dumps(step.stage), f"{step.name}:{step.fingerprint}",
+                                              pickle.dumps(ctx))))
 
-        infos: dict[int, dict] = {}
-        pending: list[tuple[int, bytes]] = []
-        for i, item in enumerate(items):
-            marker = _shard_paths(step.dir, i)["marker"]
-            if marker.exists():  # resume: same markers as the local executor
-                infos[i] = json.loads(marker.read_text())
-                reporter.advance(step, infos[i]["rows_in"])
-            else:
-                pending.append((i, pickle.dumps(item)))
-        if pending:
-            for info in self._submit(ray, step, key, pending, ctx):
-                infos[info["shard"]] = info
-                reporter.advance(step, info["rows_in"])
-        missing = [i for i in range(len(items)) if i not in infos]
-        if missing:
-            raise StageError(f"step '{step.name}': Ray returned no result for shards {missing[:10]}",
-                             fix="re-run: finished shards are kept and only these are redone")
-        return [infos[i] for i in sorted(infos)]
+    def map_shards(self, step: Any, pending: list[tuple[int, Any]], ctx: Any, *, advance: Any) -> Any:
+        key = f"{step.name}:{step.fingerprint}"
+        for info in self._submit(self._ray, step, key, [(i, pickle.dumps(item)) for i, item in pending], ctx):
+            advance(info["rows_in"])
+            yield info
 
     def _submit(self, ray: Any, step: Any, key: str, pending: list[tuple[int, bytes]], ctx: Any) -> Any:
         """Run the pending shards, at most ``workers`` at a time, yielding each shard's info as it
@@ -358,14 +249,6 @@ def _end_autoscaler_monitor(ray: Any) -> None:
                 info.process.wait(timeout=5)
     except Exception:  # noqa: BLE001 - an optimisation only; ray.shutdown still stops everything
         return
-
-
-def _is_near_dedup(stage: Any) -> bool:
-    try:
-        from curation.dedup.near import NearDedupStage
-    except ImportError:  # pragma: no cover
-        return False
-    return isinstance(stage, NearDedupStage)
 
 
 def timings_report(executor: RayExecutor) -> str:

@@ -51,7 +51,7 @@ def run_table(all_stats: list[Mapping[str, Any]]) -> Table:
 
 
 class RichReporter:
-    """Implements slmforge.runner.Reporter with a live progress bar and per-stage tables."""
+    """Implements slmforge.execute.Reporter with a live progress bar and per-stage tables."""
 
     def __init__(self, console: Console | None = None, *, quiet: bool = False) -> None:
         self.console = console or Console(stderr=True)

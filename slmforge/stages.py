@@ -46,6 +46,7 @@ STAGES: dict[str, StageType] = {
     "train": StageType("train.config:TrainConfig", "train.sft:TrainStage"),
     "eval": StageType("train.config:EvalConfig", "train.evaluate:EvalStage"),
     "export": StageType("train.config:ExportConfig", "train.export:ExportStage"),
+    "bundle": StageType("train.bundle_config:BundleConfig", "train.bundle:BundleStage"),
 }
 
 
@@ -99,15 +100,12 @@ def parse_stage(entry: Any, *, where: str) -> StageConfig:
 
 def load_recipe(path: str | Path, *, overrides: dict[str, Any] | None = None) -> Recipe:
     """Read and validate a YAML recipe; every error is raised before any work starts."""
-    import yaml
+    from schemas.yamlsafe import load_yaml
 
     path = Path(path)
     if not path.is_file():
         raise ConfigError("recipe file not found", received=str(path), fix="pass the path of a YAML recipe")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path} is not valid YAML: {exc}", fix="check indentation and quoting") from None
+    raw = load_yaml(path.read_text(), where=f"recipe {path}")
     return recipe_from_dict(raw, where=str(path), overrides=overrides, source_file=path)
 
 

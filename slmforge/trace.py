@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from slmforge.runner import latest_manifest
+from slmforge.plan import latest_manifest
 
 PARENT_COLUMNS = ("source_ids", "parent_ids", "doc_id")
 

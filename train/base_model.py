@@ -136,6 +136,7 @@ def convert_gguf(folder: Path, gguf_file: str, out: Path, *, chat_template: str 
 
 class BaseModelStage(Stage[BaseModelConfig]):
     kind = "artifact"
+    provides = "base_model"
     version = "1"
 
     def fingerprint_extra(self) -> dict[str, Any]:

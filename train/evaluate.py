@@ -176,6 +176,8 @@ def card_section(results: dict[str, Any], *, split: str, rows: int) -> str:
 
 class EvalStage(Stage[EvalConfig]):
     kind = "artifact"
+    needs = ("examples", "base_model", "adapter")
+    provides = "eval"
     version = "1"
     #: checked at plan time when the dataset step is listed first in inputs
     requires = EXAMPLE_COLUMNS

@@ -143,6 +143,8 @@ def pick_precision(cfg_precision: str):
 
 class TrainStage(Stage[TrainConfig]):
     kind = "artifact"
+    needs = ("examples", "base_model")
+    provides = "adapter"
     version = "1"
     #: checked at plan time when the dataset step is listed first in inputs
     requires = EXAMPLE_COLUMNS

@@ -65,14 +65,15 @@ def split(docs: Path, out: Path, shards: int, limit: int | None) -> int:
 STAGES = ["normalize", "exact_dedup", "near_dedup"]
 
 
-def recipe(data: Path, ws: Path, *, executor: str, workers: int):
+def recipe(data: Path, ws: Path, *, executor: str, workers: int, method: str | None = None):
     from slmforge.stages import recipe_from_dict
 
     return recipe_from_dict({
         "workspace": str(ws), "workers": workers, "executor": executor,
         "stages": [
             {"stage": "ingest", "paths": [str(data)], "shard_bytes": 1000},
-            *({"stage": name} for name in STAGES),
+            *({"stage": name, **({"ray_components": method} if method and name == "near_dedup" else {})}
+              for name in STAGES),
         ],
     })
 
@@ -106,18 +107,17 @@ def run_ray(data: Path, ws: Path, workers: int, method: str | None = None, *, ad
     import ray
 
     from slmforge.ray_executor import RayExecutor
-    from slmforge.runner import plan
+    from slmforge.plan import plan
 
     t0 = time.perf_counter()
-    ex = RayExecutor(address=address, workers=workers, object_store_memory=500 * 1024 * 1024,
-                     near_dedup_components=method)
-    steps = plan(recipe(data, ws, executor="ray", workers=workers))
+    ex = RayExecutor(address=address, workers=workers, object_store_memory=500 * 1024 * 1024)
+    steps = plan(recipe(data, ws, executor="ray", workers=workers, method=method))
     by_name = {s.name: s for s in steps}
     ws.mkdir(parents=True, exist_ok=True)
     stats = ex.run(steps, by_name)
     assert not ray.is_initialized()
     return {"total": round(time.perf_counter() - t0, 2), "steps": {s["step"]: s["seconds"] for s in stats},
-            "where": ex.timings, "near_dedup": ex.near_dedup_stats}
+            "where": ex.timings, "near_dedup": ex.prepare_stats}
 
 
 @contextlib.contextmanager

@@ -28,7 +28,9 @@ import pyarrow as pa
 from schemas.arrow import EXAMPLES
 from slmforge.stages import parse_stage
 from schemas.io import write_parquet
-from slmforge.runner import Step, execute
+from slmforge.execute import execute
+from slmforge.local_executor import LocalExecutor
+from slmforge.plan import Step
 from slmforge.stages import load_stage
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,7 +107,7 @@ def main() -> None:
         by_name[step.name] = step
         t0 = time.perf_counter()
         try:
-            stats = execute(step, by_name, workers=1)
+            stats = execute(step, by_name, executor=LocalExecutor(workers=1))
         except Exception as exc:  # a failed verification still leaves export.json to print
             print(step.name, "FAILED", str(exc)[:600])
             stats = {}

@@ -10,6 +10,9 @@ from pydantic import Field, model_validator
 from schemas.config import StageConfig, runtime
 from schemas.errors import ConfigError
 
+#: ``ray_components: auto`` uses the driver method up to this many candidate pairs (16 bytes each on the driver)
+DRIVER_EDGE_LIMIT = 20_000_000
+
 
 class ExactDedupConfig(StageConfig):
     """Exact dedup on a hash of the normalised text; one representative per group."""
@@ -44,6 +47,13 @@ class NearDedupConfig(StageConfig):
     batch_size: int = runtime(4096, ge=16, le=1_000_000, description="Documents per Arrow batch (rows).")
     workers: int | None = runtime(None, ge=1, le=256, description="Threads that shingle and MinHash batches in parallel (default: the runner's workers); results do not depend on it.")
     spill_dir: Path | None = runtime(None, description="Folder for the spill files: band hashes (8 bytes per band per document) and raw shingle hashes for exact verification (8 bytes per word); default: the stage work dir or a temp dir.")
+    ray_components: Literal["auto", "driver", "large_star", "task"] = runtime(
+        "auto", description="With executor: ray, how the connected components of the verified pairs are computed: "
+        "'driver' (edges collected and labelled on the driver), 'large_star' (distributed large-star/small-star loop, "
+        "for edge lists that do not fit on the driver), 'auto' (driver up to ray_edge_limit candidate pairs), 'task' "
+        "(no Ray-native near-dup: the local prepare in one Ray task). Every choice writes the same files.")
+    ray_edge_limit: int = runtime(DRIVER_EDGE_LIMIT, ge=0, description="With ray_components: auto, the most candidate "
+                                  "pairs (16 bytes each on the driver) for which the driver method is used.")
 
     @model_validator(mode="after")
     def _check(self) -> NearDedupConfig:

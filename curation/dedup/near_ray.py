@@ -1,11 +1,13 @@
 """Near-duplicate clustering on Ray: the same clusters as :mod:`curation.dedup.near`, computed
 on a Ray cluster (waves of Ray tasks over object-store blocks) instead of one process.
 
-Used by the Ray executor for ``near_dedup`` (``slmforge/ray_executor.py``); it writes the stage's
-``near_dedup_clusters.parquet`` byte for byte as ``NearDedupStage.prepare`` does, after which the
-shards are mapped by the stage's own ``process``. Only the public functions of the local module
-are used (``batch_bands``, ``read_sets``, ``sorted_jaccard``, ``permutations``, ``components`` …),
-so shingles, MinHash, band hashes, exact sets and Jaccard are the local ones by construction.
+The near-dup stage offers it to a Ray executor as its distributed ``prepare`` (the stage hook
+``NearDedupStage.prepare_distributed``; chosen by the recipe field ``ray_components``); it writes the
+stage's ``near_dedup_clusters.parquet`` byte for byte as ``NearDedupStage.prepare`` does, after
+which the shards are mapped by the stage's own ``process``. The kernels are the local driver's
+(:mod:`curation.dedup.minhash`: ``batch_bands``, ``bucket_pairs``, ``read_sets``, ``pair_jaccard``,
+``components``, ``representatives``), so shingles, MinHash, band hashes, candidate pairs, exact sets,
+Jaccard and representatives are the local ones by construction.
 
 Pipeline (``n`` documents in ``S`` input shards; global index = position in input order):
 
@@ -13,9 +15,8 @@ Pipeline (``n`` documents in ``S`` input shards; global index = position in inpu
    emits ``(band, bucket, idx)`` for every document with shingles, hash-split on
    ``(band, bucket)`` into ``P`` parts (the map side of a hash shuffle; ``P = 2 × workers``).
 2. **band grouping** — one Ray task per part concatenates that part of every shard and groups
-   it with polars (one call per block, not per group). Candidate pairs are the local stage's:
-   all pairs of a bucket up to 64
-   members, a chain of the sorted members above. (These are *pairs to verify*; a star of
+   it (one sort per block, not per group). Candidate pairs are the local stage's
+   (``bucket_pairs``): all pairs of a bucket up to 64 members, a chain of the sorted members above. (These are *pairs to verify*; a star of
    unverified edges per bucket would change which pairs pass the exact check, so it would not
    give the local clusters.)
 3. **shingle sets** — the signature tasks spilled each shard's raw shingle hashes (as the local
@@ -27,9 +28,9 @@ Pipeline (``n`` documents in ``S`` input shards; global index = position in inpu
    resolved arguments) and labelled with the local ``components`` (smallest member index).
    ``large_star``: Ray tasks hash-split the pairs on ``(shard_i, shard_j)``, one task per part
    de-duplicates and verifies them; the verified edges go through the large-star / small-star
-   loop (Kiveris et al., SoCC 2014), each round two hash shuffles as waves of Ray tasks, until
+   loop (:mod:`curation.dedup.star`), each round two hash shuffles as waves of Ray tasks, until
    they form stars centred on each component's minimum — the same labels. ``auto``: ``driver`` up to
-   ``edge_limit`` candidate pairs.
+   ``ray_edge_limit`` candidate pairs.
 5. **representatives** — for cluster members only (no n-sized array on the driver): the local
    rule (longest / earliest / best_quality, ties earliest) and the exact Jaccard to the
    representative (Ray tasks over the set tables).
@@ -45,7 +46,6 @@ shingle-hash sets, float64), so the written files are byte-identical to a local 
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -56,105 +56,67 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from curation.dedup.near import (
-    CLUSTERS_FILE,
+from curation.dedup.config import NearDedupConfig
+from curation.dedup.minhash import (
+    SpillWriter,
     batch_bands,
+    batch_meta,
+    bucket_pairs,
     check_columns,
     components,
-    may_reach,
+    input_columns,
+    pair_jaccard,
     permutations,
     read_sets,
-    sorted_jaccard,
+    representatives,
 )
-from curation.dedup.config import NearDedupConfig
-from schemas.errors import ConfigError
-from schemas.io import write_parquet
-
-METHODS = ("auto", "driver", "large_star")
-#: ``auto`` uses the driver method up to this many candidate pairs (16 bytes each on the driver)
-DRIVER_EDGE_LIMIT = 20_000_000
-#: candidate buckets larger than this are chained instead of all-pairs (as the local stage)
-MAX_GROUP = 64
+from curation.dedup.star import large_star_components, part_of
 
 
 # --- 1. signatures --------------------------------------------------------------------------
-def _columns(config: NearDedupConfig) -> list[str]:
-    score = config.score_column if config.representative == "best_quality" else None
-    return ["id", "text"] + ([score] if score else [])
-
-
 def _signature_parts(path: str, base: int, *, config: NearDedupConfig, a: np.ndarray, b: np.ndarray,
                      bands: int, rows: int, parts: int, spill: str) -> list[pa.Table]:
     """One shard -> its ``(band, bucket, idx)`` rows (documents with shingles; same batches,
     shingles, MinHash and band hashes as the local stage), hash-split on ``(band, bucket)`` into
     ``parts`` tables (the map side of the band shuffle), and as last value the shard's
-    ``idx, id, length[, score]``. The raw shingle hashes go to ``spill`` + ``.hashes`` (per-document
-    counts in ``.counts.npy``), as the local stage spills them: the candidates' exact sets are
-    read back from there instead of shingling their texts again."""
+    ``idx, id, length[, score]``. The raw shingle hashes are spilled under ``spill`` as the local
+    stage spills them: the candidates' exact sets are read back from there instead of shingling
+    their texts again."""
     import pyarrow.parquet as pq
 
     np.seterr(over="ignore")
-    out, metas, count_list = [], [], []
+    out, metas = [], []
     pos = int(base)
     pf = pq.ParquetFile(path)
     check_columns(pf.schema_arrow.names, config)
-    tmp = Path(spill + ".hashes.tmp")
-    with open(tmp, "wb") as f:
-        for rb in pf.iter_batches(batch_size=config.batch_size, columns=_columns(config)):
-            m = rb.num_rows
-            bh, has_shingles, hashes, counts = batch_bands(rb.column("text"), config.ngram, a, b, bands, rows)
-            f.write(np.ascontiguousarray(hashes, dtype=np.uint64).tobytes())
-            count_list.append(np.asarray(counts, dtype=np.int64))
-            metas.append(_meta(rb, config, np.arange(pos, pos + m, dtype=np.int64)))
-            has = np.nonzero(has_shingles)[0]
-            out.append(pa.table({
-                "band": np.tile(np.arange(bands, dtype=np.int32), len(has)),
-                "bucket": np.ascontiguousarray(bh[has]).reshape(-1),
-                "idx": np.repeat(has.astype(np.int64) + pos, bands),
-            }))
-            pos += m
-    counts_tmp = Path(spill + ".counts.tmp.npy")
-    np.save(counts_tmp, np.concatenate(count_list) if count_list else np.zeros(0, np.int64))
-    os.replace(tmp, spill + ".hashes")
-    os.replace(counts_tmp, spill + ".counts.npy")
+    writer = SpillWriter(spill)
+    for rb in pf.iter_batches(batch_size=config.batch_size, columns=input_columns(config)):
+        bh, has_shingles, hashes, counts = batch_bands(rb.column("text"), config.ngram, a, b, bands, rows)
+        writer.add(hashes, counts)
+        metas.append(batch_meta(rb, config, pos))
+        has = np.nonzero(has_shingles)[0]
+        out.append(pa.table({
+            "band": np.tile(np.arange(bands, dtype=np.int32), len(has)),
+            "bucket": np.ascontiguousarray(bh[has]).reshape(-1),
+            "idx": np.repeat(has.astype(np.int64) + pos, bands),
+        }))
+        pos += rb.num_rows
+    writer.close()
     t = pa.concat_tables(out) if out else pa.table({"band": pa.array([], pa.int32()), "bucket": pa.array([], pa.uint64()),
                                                     "idx": pa.array([], pa.int64())})
     with np.errstate(over="ignore"):
         key = t["bucket"].to_numpy() ^ (t["band"].to_numpy().astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15))
-    part = _part_of(key, parts)
-    meta = pa.concat_tables(metas) if metas else _meta(pa.table({"id": pa.array([], pa.string()),
-                                                                 "text": pa.array([], pa.string())}), config,
-                                                        np.zeros(0, np.int64))
+    part = part_of(key, parts)
+    meta = pa.concat_tables(metas) if metas else batch_meta(pf.schema_arrow.empty_table(), config, pos)
     return [*(t.filter(pa.array(part == k)) for k in range(parts)), meta]
 
 
-def _meta(rb: Any, config: NearDedupConfig, idx: np.ndarray) -> pa.Table:
-    """``idx, id, length[, score]`` of a batch (the representative rule's inputs)."""
-    import pyarrow.compute as pc
-
-    meta = {"idx": pa.array(idx, pa.int64()), "id": pc.cast(rb.column("id"), pa.string()),
-            "length": pc.cast(pc.fill_null(pc.utf8_length(rb.column("text")), 0), pa.int64())}
-    if config.representative == "best_quality":
-        meta["score"] = pc.fill_null(pc.cast(rb.column(config.score_column), pa.float64()), float("-inf"))
-    return pa.table(meta)
-
-
 def _bucket_pairs(t: pa.Table, *, offsets: np.ndarray) -> pa.Table:
-    """All (i < j) pairs of each (band, bucket) group of this block; chains above MAX_GROUP members."""
-    import polars as pl
-
-    df = pl.from_arrow(t)
-    g = (df.group_by(["band", "bucket"]).agg(pl.col("idx").sort(), pl.len().alias("n"))
-         .filter(pl.col("n") >= 2).with_row_index("gid"))
-    small = g.filter(pl.col("n") <= MAX_GROUP).select("gid", "idx").explode("idx")
-    pairs = [small.join(small, on="gid", suffix="_j").filter(pl.col("idx") < pl.col("idx_j"))
-             .select(pl.col("idx").alias("i"), pl.col("idx_j").alias("j"))]
-    big = g.filter(pl.col("n") > MAX_GROUP).select("gid", "idx").explode("idx")
-    if big.height:
-        pairs.append(big.with_columns(pl.col("idx").shift(-1).over("gid").alias("j")).drop_nulls("j")
-                     .select(pl.col("idx").alias("i"), pl.col("j").cast(pl.Int64)))
-    out = pl.concat(pairs).unique()
-    i, j = out["i"].to_numpy(), out["j"].to_numpy()
+    """The unique candidate pairs of the (band, bucket) groups of this block, with their shards."""
+    i, j = bucket_pairs(t["idx"].to_numpy(), [t["band"].to_numpy(), t["bucket"].to_numpy()])
+    n = np.uint64(max(int(offsets[-1]), 1))
+    keys = np.unique(i.astype(np.uint64) * n + j.astype(np.uint64))
+    i, j = (keys // n).astype(np.int64), (keys % n).astype(np.int64)
     return pa.table({"i": i, "j": j, "si": np.searchsorted(offsets, i, side="right") - 1,
                      "sj": np.searchsorted(offsets, j, side="right") - 1})
 
@@ -172,50 +134,16 @@ def _block_nodes(t: pa.Table) -> np.ndarray:
 
 # --- 3. exact shingle sets and Jaccard ----------------------------------------------------------
 def _shard_sets(spill: str, base: int, local: np.ndarray, meta: pa.Table) -> tuple[dict, pa.Table]:
-    """For the given rows of one shard (``local``: sorted row numbers): their sorted unique shingle
-    hashes (``idx, off, flat``), read back from the shard's spill, and their rows of ``meta``."""
-    counts = np.load(spill + ".counts.npy")
-    start = np.zeros(len(counts) + 1, dtype=np.int64)
-    np.cumsum(counts, out=start[1:])
-    found = read_sets(Path(spill + ".hashes"), start, local)  # the local stage's reader of its spill
-    sets = [found[d] for d in local.tolist()]
-    off = np.zeros(len(local) + 1, dtype=np.int64)
-    np.cumsum([len(u) for u in sets], out=off[1:])
-    flat = np.concatenate(sets) if sets else np.zeros(0, np.uint64)
-    idx = local.astype(np.int64) + base
-    return {"idx": idx, "off": off, "flat": flat.astype(np.uint64)}, meta.take(pa.array(local)).combine_chunks()
-
-
-def _pair_jaccard(pi: np.ndarray, pj: np.ndarray, sets: list[dict[str, np.ndarray]], *,
-                  threshold: float | None = None) -> np.ndarray:
-    """Exact Jaccard of the shingle sets of documents ``pi[k]`` and ``pj[k]`` (the local stage's
-    ``sorted_jaccard``, so the same float64); ``sets`` must hold both documents of every pair.
-    With ``threshold``, pairs whose set sizes cannot reach it are not intersected and get 0.0."""
-    idx = np.concatenate([s["idx"] for s in sets])
-    order = np.argsort(idx, kind="stable")
-    idx = idx[order]
-    flats, starts_parts, base = [], [], 0
-    for s in sets:
-        flats.append(s["flat"])
-        starts_parts.append(s["off"][:-1] + base)
-        base += len(s["flat"])
-    flat = np.concatenate(flats) if flats else np.zeros(0, np.uint64)
-    starts = np.concatenate(starts_parts)[order]
-    lens = np.concatenate([np.diff(s["off"]) for s in sets])[order]
-    a, b = np.searchsorted(idx, pi), np.searchsorted(idx, pj)
-    out = np.zeros(len(pi), dtype=np.float64)
-    todo = np.arange(len(pi)) if threshold is None else np.nonzero(may_reach(lens[a], lens[b], threshold))[0]
-    sa, la, sb, lb = starts[a].tolist(), lens[a].tolist(), starts[b].tolist(), lens[b].tolist()
-    for k in todo.tolist():
-        out[k] = sorted_jaccard(flat[sa[k]:sa[k] + la[k]], flat[sb[k]:sb[k] + lb[k]])
-    return out
+    """For the given rows of one shard (``local``: sorted row numbers): their set table, read back
+    from the shard's spill, and their rows of ``meta``."""
+    return read_sets(spill, local, base=base), meta.take(pa.array(local)).combine_chunks()
 
 
 def _pairs_split(t: pa.Table, parts: int) -> list[Any]:
     """Candidate-pair block -> ``parts`` hash parts on (shard_i, shard_j), the shard ids each part
     touches, and the block's candidate documents (``2 * parts + 1`` return values)."""
     si, sj = t["si"].to_numpy(), t["sj"].to_numpy()
-    part = _part_of(si.astype(np.uint64) * np.uint64(1_000_003) + sj.astype(np.uint64), parts)
+    part = part_of(si.astype(np.uint64) * np.uint64(1_000_003) + sj.astype(np.uint64), parts)
     tables = [t.filter(pa.array(part == k)) for k in range(parts)]
     shards = [np.unique(np.concatenate([si[part == k], sj[part == k]])) for k in range(parts)]
     return [*tables, *shards, _block_nodes(t)]
@@ -232,134 +160,12 @@ def _verify_reduce(threshold: float, n_blocks: int, *args: Any) -> tuple[pa.Tabl
     if df.height == 0:
         return pa.table({"i": pa.array([], pa.int64()), "j": pa.array([], pa.int64())}), 0
     pi, pj = df["i"].to_numpy(), df["j"].to_numpy()
-    ok = _pair_jaccard(pi, pj, sets, threshold=threshold) >= threshold
+    ok = pair_jaccard(pi, pj, sets, threshold=threshold) >= threshold
     return pa.table({"i": pi[ok], "j": pj[ok]}), int(ok.sum())
 
 
 def _jaccard_task(pi: np.ndarray, pj: np.ndarray, threshold: float | None, *sets: dict) -> np.ndarray:
-    return _pair_jaccard(pi, pj, [s for s in sets if s is not None], threshold=threshold)
-
-
-# --- 4. components ------------------------------------------------------------------------------
-def _large_star(t: pa.Table) -> pa.Table:
-    """Large-star on undirected edges (both directions in ``t``), grouped by ``u`` in this block.
-
-    Also counts nodes that break the star-forest condition of the *input* (a node is fine when all
-    its neighbours are larger — a centre — or it has exactly one neighbour, smaller — a leaf);
-    that count comes back as one row ``u = -1, v = count``.
-    """
-    import polars as pl
-
-    df = pl.from_arrow(t).unique()
-    g = df.group_by("u").agg(pl.col("v").min().alias("m"), pl.len().alias("n"),
-                             (pl.col("v") < pl.col("u")).sum().alias("nsmall"))
-    bad = g.filter((pl.col("nsmall") > 0) & (pl.col("n") > 1)).height
-    g = g.with_columns(pl.min_horizontal("m", "u").alias("m"))
-    out = (df.join(g.select("u", "m"), on="u").filter(pl.col("v") > pl.col("u"))
-           .select(pl.col("v").alias("u"), pl.col("m").alias("v")).unique())
-    stat = pl.DataFrame({"u": [-1], "v": [bad]}, schema={"u": pl.Int64, "v": pl.Int64})
-    return pl.concat([out.cast(pl.Int64), stat]).to_arrow()
-
-
-def _both_directions(t: pa.Table) -> pa.Table:
-    u, v = t.column(0).to_numpy(), t.column(1).to_numpy()
-    keep = u >= 0
-    u, v = u[keep], v[keep]
-    return pa.table({"u": np.concatenate([u, v]), "v": np.concatenate([v, u])})
-
-
-def _orient_down(t: pa.Table) -> pa.Table:
-    u, v = t["u"].to_numpy(), t["v"].to_numpy()
-    keep = (u >= 0) & (u != v)
-    u, v = u[keep], v[keep]
-    return pa.table({"u": np.maximum(u, v), "v": np.minimum(u, v)})
-
-
-def _small_star(t: pa.Table) -> pa.Table:
-    """Small-star on edges oriented (larger, smaller), grouped by the larger end in this block;
-    the large-star count rows (``u = -1``) are summed into one and passed through."""
-    import polars as pl
-
-    df = pl.from_arrow(t)
-    stat = df.filter(pl.col("u") < 0)
-    df = df.filter(pl.col("u") >= 0).unique()
-    g = df.group_by("u").agg(pl.col("v").min().alias("m"))
-    leaves = df.join(g, on="u").filter(pl.col("v") != pl.col("m")).select(pl.col("v").alias("u"), pl.col("m").alias("v"))
-    centre = g.select(pl.col("u"), pl.col("m").alias("v"))
-    parts = [pl.concat([leaves, centre]).unique().cast(pl.Int64)]
-    if stat.height:
-        parts.append(pl.DataFrame({"u": [-1], "v": [int(stat["v"].sum())]}, schema={"u": pl.Int64, "v": pl.Int64}))
-    return pl.concat(parts).to_arrow()
-
-
-def _part_of(keys: np.ndarray, parts: int) -> np.ndarray:
-    """Hash partition of uint64 keys (a splitmix64 step, modulo ``parts``)."""
-    with np.errstate(over="ignore"):
-        x = (keys.astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)) * np.uint64(0xBF58476D1CE4E5B9)
-        x ^= x >> np.uint64(31)
-    return (x % np.uint64(parts)).astype(np.int64)
-
-
-def _hash_split(t: pa.Table, parts: int) -> list[pa.Table]:
-    """Hash partition of an edge table on ``u``."""
-    part = _part_of(t["u"].to_numpy(), parts)
-    return [t.filter(pa.array(part == k)) for k in range(parts)]
-
-
-def _ls_map(t: pa.Table, parts: int) -> list[pa.Table]:
-    if "i" in t.column_names:
-        t = pa.table({"u": t["i"], "v": t["j"]})
-    return _hash_split(_both_directions(t), parts)
-
-
-def _ls_reduce(parts: int, *tables: pa.Table) -> list[Any]:
-    """Large-star on one partition, then orient (larger, smaller) and split for small-star; the
-    last return value is the partition's count of star-forest violations of the round's input."""
-    out = _large_star(pa.concat_tables(tables))
-    u = out["u"].to_numpy()
-    bad = int(out["v"].to_numpy()[u < 0].sum())
-    return [*_hash_split(_orient_down(out), parts), bad]
-
-
-def _ss_reduce(*tables: pa.Table) -> pa.Table:
-    return _small_star(pa.concat_tables(tables))
-
-
-def _large_star_components(edges: list[Any], *, partitions: int, max_rounds: int = 200) -> tuple[np.ndarray, np.ndarray, int]:
-    """Distributed connected components: alternate large-star and small-star until the edges
-    form stars centred on each component's minimum. Returns (nodes, labels, rounds).
-
-    Each round is a hash shuffle on ``u`` -> large-star (which also counts the nodes where the
-    round's *input* is not yet a star forest) -> a hash shuffle on the larger end -> small-star,
-    as waves of Ray tasks over object-store blocks (``partitions`` per step; ``edges``: object
-    refs of ``i, j`` tables). The edge list never reaches the driver until the result (one label
-    per member node). A round whose count is 0 had a converged input: that input is the result.
-    """
-    import ray
-
-    parts = max(2, int(partitions))
-    map_task = ray.remote(num_cpus=1, num_returns=parts)(_ls_map)
-    reduce_task = ray.remote(num_cpus=1, num_returns=parts + 1)(_ls_reduce)
-    small_task = ray.remote(num_cpus=1)(_ss_reduce)
-    edges = list(edges)
-    for rounds in range(1, max_rounds + 1):
-        mapped = [map_task.remote(r, parts) for r in edges]
-        reduced = [reduce_task.remote(parts, *[m[k] for m in mapped]) for k in range(parts)]
-        nxt = [small_task.remote(*[r[k] for r in reduced]) for k in range(parts)]
-        bad = sum(ray.get([r[parts] for r in reduced]))
-        if bad == 0:  # this round's input already was a star forest: done
-            tables = [_orient_down(t if "u" in t.column_names else pa.table({"u": t["i"], "v": t["j"]}))
-                      for t in ray.get(edges)]
-            u = np.concatenate([t["u"].to_numpy() for t in tables] + [np.zeros(0, np.int64)])
-            v = np.concatenate([t["v"].to_numpy() for t in tables] + [np.zeros(0, np.int64)])
-            leaves, first = np.unique(u, return_index=True)
-            centres = np.unique(v)
-            nodes = np.concatenate([leaves, centres])
-            labels = np.concatenate([v[first], centres])
-            order = np.argsort(nodes, kind="stable")
-            return nodes[order], labels[order], rounds
-        edges = nxt
-    raise RuntimeError(f"near_dedup on Ray: large-star/small-star did not converge in {max_rounds} rounds")
+    return pair_jaccard(pi, pj, [s for s in sets if s is not None], threshold=threshold)
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -369,28 +175,19 @@ def _shard_rows(shards: Sequence[Path]) -> np.ndarray:
     return np.array([pq.ParquetFile(p).metadata.num_rows for p in shards], dtype=np.int64)
 
 
-def resolve_method(method: str | None) -> str:
-    method = method or "auto"
-    if method not in METHODS:
-        raise ConfigError("near_dedup on Ray: unknown components method", received=method,
-                          expected=" | ".join(METHODS), fix="use driver (union-find on the driver), large_star "
-                          "(distributed loop) or auto (driver up to DRIVER_EDGE_LIMIT candidate pairs)")
-    return method
-
-
 # --- the whole computation ----------------------------------------------------------------------
 def cluster_on_ray(
     shards: Sequence[Path],
     *,
     config: NearDedupConfig,
     workers: int,
-    method: str = "auto",
-    edge_limit: int = DRIVER_EDGE_LIMIT,
     partitions: int | None = None,
     spill_dir: Path | None = None,
 ) -> tuple[pa.Table, dict[str, Any], dict[str, float]]:
     """Cluster the documents of ``shards`` (in order) on the current Ray session.
 
+    ``config.ray_components`` chooses how the components are computed (``driver``, ``large_star``,
+    or ``auto``: driver up to ``config.ray_edge_limit`` candidate pairs).
     Returns the table of cluster members only (``id, cluster_id, is_representative, jaccard`` in
     input order, as ``near_dedup_clusters.parquet``), stats and a timing breakdown (seconds).
     The signature tasks spill raw shingle hashes under ``spill_dir`` (removed at the end): on a
@@ -399,19 +196,22 @@ def cluster_on_ray(
     """
     if spill_dir is not None:
         Path(spill_dir).mkdir(parents=True, exist_ok=True)
+        for stale in Path(spill_dir).glob("near_dedup_ray-*"):  # the spill of a run that was killed
+            shutil.rmtree(stale, ignore_errors=True)
     spill = Path(tempfile.mkdtemp(prefix="near_dedup_ray-", dir=spill_dir))
     try:
-        return _cluster(shards, config=config, workers=workers, method=method, edge_limit=edge_limit,
-                        partitions=partitions, spill=spill)
+        return _cluster(shards, config=config, workers=workers, partitions=partitions, spill=spill)
     finally:
         shutil.rmtree(spill, ignore_errors=True)
 
 
-def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, method: str, edge_limit: int,
-             partitions: int | None, spill: Path) -> tuple[pa.Table, dict[str, Any], dict[str, float]]:
+def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, partitions: int | None,
+             spill: Path) -> tuple[pa.Table, dict[str, Any], dict[str, float]]:
     import ray
 
-    method = resolve_method(method)
+    method = config.ray_components
+    if method not in ("auto", "driver", "large_star"):
+        raise ValueError(f"cluster_on_ray: ray_components={method!r} is not a Ray-native method")
     np.seterr(over="ignore")
     timing: dict[str, float] = {}
     t0 = time.perf_counter()
@@ -425,7 +225,7 @@ def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, m
     n = int(offsets[-1])
 
     # 1+2. signatures (one Ray task per shard, its rows hash-split on (band, bucket)), then the
-    # reduce side of that shuffle: candidate pairs with polars, one task per hash part
+    # reduce side of that shuffle: candidate pairs (the local bucket rule), one task per hash part
     stats: dict[str, Any] = {"docs": n, "bands": bands, "rows": rows}
     live = [k for k in range(len(shards)) if counts[k]]
     if not live:
@@ -448,7 +248,7 @@ def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, m
     # 3. candidates -> shingle sets of candidate documents (one Ray task per shard) -> verify
     # 4. connected components of the verified pairs
     t1 = time.perf_counter()
-    chosen = method if method != "auto" else ("driver" if n_cand_rows <= edge_limit else "large_star")
+    chosen = method if method != "auto" else ("driver" if n_cand_rows <= config.ray_edge_limit else "large_star")
     stats["components"] = chosen
     if chosen == "driver":
         # the candidate list fits: dedupe it on the driver, verify with Ray tasks per shard pair
@@ -507,7 +307,7 @@ def _cluster(shards: Sequence[Path], *, config: NearDedupConfig, workers: int, m
         timing["verify"] = time.perf_counter() - t3
         t4 = time.perf_counter()
         if n_edges:
-            nodes, labels, stats["large_star_rounds"] = _large_star_components(edge_refs, partitions=parts)
+            nodes, labels, stats["large_star_rounds"] = large_star_components(edge_refs, partitions=parts)
         else:
             nodes = labels = np.zeros(0, np.int64)
     stats["verified_pairs"] = int(n_edges)
@@ -533,7 +333,6 @@ def _members_table(nodes: np.ndarray, labels: np.ndarray, *, meta_refs: list[Any
                    offsets: np.ndarray, set_refs: list[Any], workers: int) -> pa.Table:
     import ray
 
-    score = config.representative == "best_quality"
     shard_of = np.searchsorted(offsets, nodes, side="right") - 1
     metas = []
     used = np.unique(shard_of).tolist()
@@ -545,27 +344,13 @@ def _members_table(nodes: np.ndarray, labels: np.ndarray, *, meta_refs: list[Any
     idx = meta["idx"].to_numpy()
     if not np.array_equal(idx, nodes):
         raise RuntimeError("near_dedup on Ray: member metadata does not match the component nodes")
-    # representative: highest key, ties -> earliest (as the local lexsort: last key is primary)
-    if config.representative == "longest":
-        primary = -meta["length"].to_numpy()
-    elif score:
-        primary = -meta["score"].to_numpy()
-    else:
-        primary = idx
-    o = np.lexsort((idx, primary, labels))
-    lab_sorted = labels[o]
-    first = np.ones(len(o), bool)
-    first[1:] = lab_sorted[1:] != lab_sorted[:-1]
-    comp_ids, comp_of = np.unique(labels, return_inverse=True)
-    rep_pos = np.empty(len(comp_ids), dtype=np.int64)
-    rep_pos[np.searchsorted(comp_ids, lab_sorted[first])] = o[first]
-    rep = rep_pos[comp_of]  # position (in members) of each member's representative
+    rep = representatives(labels, meta, config)  # position (in members) of each member's representative
     is_rep = rep == np.arange(len(idx))
     jac = np.ones(len(idx))
     nr = np.nonzero(~is_rep)[0]
     if len(nr):
         jac[nr] = _jaccard_tasks(idx[nr], idx[rep[nr]], offsets=offsets, set_refs=set_refs, workers=workers)
-    ids = meta["id"]
+    ids = meta["id"].cast(pa.string())
     return pa.table({"id": ids, "cluster_id": ids.take(pa.array(rep)), "is_representative": pa.array(is_rep),
                      "jaccard": pa.array(jac, pa.float64())}).combine_chunks()
 
@@ -593,18 +378,4 @@ def _jaccard_tasks(pi: np.ndarray, pj: np.ndarray, *, offsets: np.ndarray, set_r
     return out
 
 
-def prepare_on_ray(stage: Any, shards: Sequence[Path], ctx: Any, *, workers: int, method: str = "auto",
-                   edge_limit: int = DRIVER_EDGE_LIMIT) -> tuple[dict[str, Any], dict[str, float]]:
-    """``NearDedupStage.prepare`` on Ray: writes the same ``near_dedup_clusters.parquet``."""
-    for stale in Path(ctx.work_dir).glob("near_dedup_ray-*"):  # the spill of a run that was killed
-        shutil.rmtree(stale, ignore_errors=True)
-    table, stats, timing = cluster_on_ray(shards, config=stage.config, workers=workers, method=method,
-                                          edge_limit=edge_limit, spill_dir=Path(ctx.work_dir))
-    t0 = time.perf_counter()
-    ctx.work_dir.mkdir(parents=True, exist_ok=True)
-    write_parquet(table, Path(ctx.work_dir) / CLUSTERS_FILE)
-    timing["write"] = time.perf_counter() - t0
-    return stats, timing
-
-
-__all__ = ["DRIVER_EDGE_LIMIT", "METHODS", "cluster_on_ray", "prepare_on_ray", "resolve_method"]
+__all__ = ["cluster_on_ray"]

@@ -69,8 +69,9 @@ def _parse(spec: str) -> _Spec:
 
 
 def input_roots(paths: list[str]) -> list[Path]:
-    """The real folders an ingest of ``paths`` reads (for checks such as "workspace inside an input")."""
-    return sorted({Path(_parse(p).root) for p in paths})
+    """The real folders an ingest of ``paths`` reads (for checks such as "workspace inside an input");
+    a file named directly reads no folder."""
+    return sorted({Path(s.root) for s in map(_parse, paths) if s.single is None})
 
 
 def allowed_paths(paths: list[str]) -> list[str]:

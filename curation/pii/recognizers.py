@@ -7,55 +7,10 @@ optional validator and an optional context window, so no lemmatizer is needed.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Sequence
 
-from presidio_analyzer import EntityRecognizer, RecognizerResult
+from presidio_analyzer import EntityRecognizer
 
-Validator = Callable[[str, str, int, int], bool]  # (value, text, start, end) -> keep
-
-
-class RegexRecognizer(EntityRecognizer):
-    """One entity, a few (regex, score) patterns, a validator and an optional context boost.
-
-    ``group`` names the part of a match that is the span (patterns without that group use the whole
-    match); a named group ``also`` is reported as a second span (a town after a street address)."""
-
-    def __init__(self, entity: str, patterns: Sequence[tuple[str, float]], *, validate: Validator | None = None,
-                 group: int | str = 0, context: str | None = None, context_score: float = 0.9,
-                 window: int = 40, flags: int = re.MULTILINE, name: str | None = None) -> None:
-        self._patterns = [(re.compile(p, flags), s) for p, s in patterns]
-        self._validate = validate
-        self._group = group
-        self._context = re.compile(context, re.IGNORECASE) if context else None
-        self._context_score = context_score
-        self._window = window
-        super().__init__(supported_entities=[entity], name=name or f"slmforge_{entity.lower()}", supported_language="en")
-
-    def load(self) -> None:  # nothing to load
-        pass
-
-    def analyze(self, text, entities, nlp_artifacts=None):  # noqa: ANN001 (Presidio signature)
-        entity = self.supported_entities[0]
-        out: list[RecognizerResult] = []
-        for rx, score in self._patterns:
-            group = self._group if isinstance(self._group, int) or self._group in rx.groupindex else 0
-            for m in rx.finditer(text):
-                start, end = m.span(group)
-                if start < 0 or end <= start:
-                    continue
-                value = text[start:end]
-                if self._validate is not None and not self._validate(value, text, start, end):
-                    continue
-                s = score
-                if self._context is not None and s < self._context_score:
-                    lo = max(0, start - self._window)
-                    if self._context.search(text[lo:start]) or self._context.search(text[end:end + 15]):
-                        s = self._context_score
-                if s > 0:
-                    out.append(RecognizerResult(entity, start, end, s))
-                    if "also" in rx.groupindex and m.start("also") >= 0:  # a second span of the same match
-                        out.append(RecognizerResult(entity, m.start("also"), m.end("also"), s))
-        return out
+from curation.pii.regex_recognizer import RegexRecognizer, Validator  # noqa: F401 (also imported from here)
 
 
 # ---------------------------------------------------------------- validators
@@ -160,7 +115,7 @@ MONTH_ANYCASE = r"(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)"
 WEEKDAY = r"(?:Mon|Tue|Tues|Wed|Thu|Thur|Thurs|Fri|Sat|Sun)(?:day|nesday|sday|urday)?\.?"
 DAY = r"(?:0?[1-9]|[12]\d|3[01])"
 _URL_TAIL = r"[^\s<>\"'`)\]}]*[^\s<>\"'`)\]},.;:!?]"
-_AMPM = r"(?:[AaPp]\.?[Mm]\.?)"
+_AMPM = r"(?:[AaPp]\.[Mm]\.|[AaPp][Mm])"
 _PHONE_WORDS = r"phone|tel\b|telephone|call|mobile|cell|fax|contact|reach|sms|whatsapp|dial|callback|number|\bph\b|\bmob\b"
 
 
@@ -173,7 +128,7 @@ def pii_recognizers() -> list[EntityRecognizer]:
         RegexRecognizer("URL", [(r"\b(?:https?|ftp)://" + _URL_TAIL, 0.8), (r"(?<![\w.@/])www\." + _URL_TAIL, 0.8)], validate=_url),
         RegexRecognizer("IP_ADDRESS", [
             (r"\b\d{1,3}(?:\.\d{1,3}){3}\b", 0.85),
-            (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])", 0.85),
+            (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?=:\d{1,5}\b|[^\w:]|$)", 0.85),  # may end in :port
             (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}(?![\w:])", 0.8),
         ], validate=lambda v, t, s, e: _ipv4(v, t, s, e) if "." in v else True),
         RegexRecognizer("CREDIT_CARD", [

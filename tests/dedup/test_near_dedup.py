@@ -10,15 +10,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from curation.dedup.near import (
-    CLUSTERS_FILE,
-    NearDedupStage,
-    cluster_texts,
-    dedup_file,
-    permutations,
-    shingle_hashes,
-    signatures,
-)
+from curation.dedup.minhash import permutations, signatures
+from curation.dedup.near import CLUSTERS_FILE, NearDedupStage, cluster_texts, dedup_file
+from curation.dedup.shingle import shingle_hashes
 from slmforge.stages import parse_stage
 from curation.dedup.config import NearDedupConfig
 from schemas.errors import ConfigError
@@ -185,7 +179,7 @@ def test_signatures_of_many_documents_match_datasketch_for_any_block_size():
 
 def test_candidate_pairs_match_brute_force():
     """Bucket grouping (all pairs up to max_group members, a chain above) equals a plain loop."""
-    from curation.dedup.near import _candidate_pairs
+    from curation.dedup.minhash import candidate_pairs
 
     rng = np.random.default_rng(3)
     n = 400
@@ -203,7 +197,7 @@ def test_candidate_pairs_match_brute_force():
                     expect |= {(x, y) for k, x in enumerate(members) for y in members[k + 1:]}
                 else:
                     expect |= set(zip(members, members[1:]))
-        keys = _candidate_pairs(bands, has, max_group=max_group)
+        keys = candidate_pairs(bands, has, max_group=max_group)
         assert {(int(k) // n, int(k) % n) for k in keys} == expect
 
 
@@ -248,7 +242,7 @@ def test_word_split_equals_polars_regex():
     combining marks, non-ASCII spaces and punctuation, CJK, emoji, numerals, joiners, nulls."""
     import polars as pl
 
-    from curation.dedup.near import _WORD_SEED, _word_hashes
+    from curation.dedup.shingle import _WORD_SEED, _word_hashes
 
     texts = ["ΣΑΣ σας", "Kelvin \u212a K", "e\u0301te\u0301 café", "a\u00a0b\u2003c", "x²y ½ ٣ Ⅻ", "日本語テキスト、です。",
              "emoji 😀 ok😀ok", "tab\tnew\nline\r\n", "", None, "   ", "İstanbul ǅ ß ẞ", "_under_score__",
@@ -258,3 +252,28 @@ def test_word_split_equals_polars_regex():
         lens, wh = _word_hashes(batch)
         assert lens.tolist() == words.list.len().fill_null(0).to_list()
         assert wh.tolist() == words.explode().drop_nulls().hash(seed=_WORD_SEED).to_list()
+
+
+def test_cli_dedup_runs_the_stage_and_writes_the_same_cluster_map(tmp_path):
+    """`slmforge dedup` goes through run_step (decisions next to the output) and its id -> cluster_id
+    map equals dedup_file's, id type kept."""
+    import random
+
+    from slmforge.cli_dedup import dedup_map
+
+    rng = random.Random(1)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi".split()
+    texts = []
+    for _ in range(30):
+        base = " ".join(rng.choice(words) for _ in range(60))
+        texts += [base, base + " extra"] if rng.random() < 0.5 else [base]
+    src = tmp_path / "docs.parquet"
+    pq.write_table(pa.table({"id": list(range(100, 100 + len(texts))), "text": texts}), src)
+    cfg = NearDedupConfig()
+    dedup_file(src, tmp_path / "ref.parquet", config=cfg, workers=1)
+    stats = dedup_map(src, tmp_path / "cli.parquet", config=cfg, workers=2)
+    ref, got = pq.read_table(tmp_path / "ref.parquet"), pq.read_table(tmp_path / "cli.parquet")
+    assert got.equals(ref) and got.schema.field("cluster_id").type == pa.int64()
+    dec = pq.read_table(tmp_path / "cli.decisions.parquet").to_pylist()
+    dropped = [d for d in dec if d["action"] == "drop"]
+    assert len(dropped) == stats["dropped"]["near_duplicate"] == len(texts) - stats["kept"] > 0

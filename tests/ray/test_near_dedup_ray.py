@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from slmforge.stages import recipe_from_dict
-from slmforge.runner import plan, run_recipe
+from slmforge.plan import plan
+from slmforge.runner import run_recipe
 from tests.core.conftest import parquet_bytes
 
 pytestmark = pytest.mark.ray
@@ -75,8 +76,9 @@ def _local_then_ray(recipe: dict, tmp_path: Path, methods: list[str]) -> dict[st
     for method in methods:
         ws = tmp_path / f"ray-{method}"
         shutil.copytree(local_ws, ws, ignore=shutil.ignore_patterns("near_dedup"))
-        steps = plan(recipe_from_dict({**recipe, "workspace": str(ws), "executor": "ray", "workers": 2}))
-        ex = RayExecutor(address=None, workers=2, near_dedup_components=method)
+        stages = [{**st, "ray_components": method} if st["stage"] == "near_dedup" else st for st in recipe["stages"]]
+        steps = plan(recipe_from_dict({**recipe, "stages": stages, "workspace": str(ws), "executor": "ray", "workers": 2}))
+        ex = RayExecutor(address=None, workers=2)
         stats = ex.run(steps, {s.name: s for s in steps})
         assert [bool(s.get("cached")) for s in stats] == [True] * (len(stats) - 1) + [False]
         got = parquet_bytes(ws)
@@ -84,7 +86,7 @@ def _local_then_ray(recipe: dict, tmp_path: Path, methods: list[str]) -> dict[st
         assert [k for k in ref if ref[k] != got[k]] == [], method
         # the raw shingle spill of the signature tasks is removed after the clusters are written
         assert list(ws.glob("near_dedup/*/_work/near_dedup_ray-*")) == []
-        out[method] = {**ex.near_dedup_stats["near_dedup"], "timings": ex.timings["near_dedup"]}
+        out[method] = {**ex.prepare_stats["near_dedup"], "timings": ex.timings["near_dedup"]}
     return out
 
 
@@ -124,8 +126,8 @@ def test_large_star_labels_equal_union_find(ray_local):
     """The distributed loop alone on random graphs with long paths: labels = smallest member."""
     import ray
 
-    from curation.dedup.near import components
-    from curation.dedup.near_ray import _large_star_components
+    from curation.dedup.minhash import components
+    from curation.dedup.star import large_star_components
 
     rng = np.random.default_rng(3)
     n = 400
@@ -138,7 +140,7 @@ def test_large_star_labels_equal_union_find(ray_local):
     import pyarrow as pa
 
     blocks = [ray.put(pa.table({"i": i[k::3].astype(np.int64), "j": j[k::3].astype(np.int64)})) for k in range(3)]
-    nodes, labels, rounds = _large_star_components(blocks, partitions=2)
+    nodes, labels, rounds = large_star_components(blocks, partitions=2)
     ref = components(n, i, j)
     assert np.array_equal(nodes, np.unique(np.concatenate([i, j])))
     assert np.array_equal(labels, ref[nodes])
@@ -146,8 +148,12 @@ def test_large_star_labels_equal_union_find(ray_local):
 
 
 def test_components_option_is_checked():
+    """The method is a recipe field of near_dedup (checked when the recipe is parsed), not an
+    environment variable read by the executor."""
     from schemas.errors import ConfigError
-    from slmforge.ray_executor import RayExecutor
+    from slmforge.stages import parse_stage
 
-    with pytest.raises(ConfigError, match="near_dedup_components"):
-        RayExecutor(address=None, workers=1, near_dedup_components="spark")
+    with pytest.raises(ConfigError, match="ray_components"):
+        parse_stage({"stage": "near_dedup", "ray_components": "spark"}, where="recipe")
+    cfg = parse_stage({"stage": "near_dedup", "ray_components": "large_star"}, where="recipe")
+    assert "ray_components" not in cfg.fingerprint_dict()  # same files with every method

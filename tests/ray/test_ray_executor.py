@@ -6,7 +6,8 @@ import shutil
 import pytest
 
 from slmforge.stages import recipe_from_dict
-from slmforge.runner import plan, run_recipe
+from slmforge.plan import plan
+from slmforge.runner import run_recipe
 from tests.core.conftest import parquet_bytes, recipe_dict
 
 pytestmark = pytest.mark.ray
