@@ -62,6 +62,7 @@ def indexed_text(text: str, *, title: str | None, heading: str | None, source: s
 
 class IndexStage(Stage[IndexConfig]):
     kind = "artifact"
+    provides = "index"  # what a step that retrieves (RAFT synth, the bundle) can list in its 'needs'
     version = "2"  # 2: titles only from what the (scrubbed) text contains
     requires = {n: CHUNKS.field(n).type for n in ("id", "doc_id", "text", "source", "span_start", "span_end",
                                                    "heading", "position")}
