@@ -81,9 +81,9 @@ class Index:
             tok = Tokenizer(**self.manifest["tokenizer"])
             self._bm25 = Bm25Backend(tokenizer=tok, method=s["method"], k1=s["k1"], b=s["b"]).open(self.path)
         if self.backend in ("dense", "hybrid"):
-            model = Path(self.manifest["embedding_model"])  # relative: copied into the index folder
-            self._dense = DenseBackend(model_path=str(model if model.is_absolute() else self.path / model),
-                                       device=s.get("device", "cpu"))
+            inside = self.manifest.get("embedded_model")  # the model copied into this folder, else an outside one
+            model = str(self.path / inside) if inside else self.manifest["embedding_model"]
+            self._dense = DenseBackend(model_path=model, device=s.get("device", "cpu"))
             self._dense.open(self.path)
         self._rrf_k = s.get("rrf_k", 60)
         self._depth = s.get("fusion_depth", 100)

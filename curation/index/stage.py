@@ -141,19 +141,20 @@ class IndexStage(Stage[IndexConfig]):
             DenseBackend(model_path=cfg.embedding_model, device=cfg.device,
                          batch_size=cfg.embedding_batch_size).build(docs, folder)
         ctx.progress(table.num_rows - table.num_rows // 2)
-        model_ref = None
+        # the model that embeds queries: copied inside the folder ("embedded_model", relative), or an outside folder
+        outside = inside = None
         if cfg.embedding_model:
-            model_ref = str(model_folder(cfg.embedding_model).resolve())
-            if cfg.copy_embedding_model:  # the reader resolves a relative path against the index folder
-                shutil.copytree(model_ref, folder / DenseBackend.folder / "model",
-                                ignore=shutil.ignore_patterns(".git", "*.md", ".gitattributes"))
-                model_ref = f"{DenseBackend.folder}/model"
+            outside = str(model_folder(cfg.embedding_model).resolve())
+            if cfg.copy_embedding_model:
+                inside = f"{DenseBackend.folder}/model"
+                shutil.copytree(outside, folder / inside, ignore=shutil.ignore_patterns(".git", "*.md", ".gitattributes"))
+                outside = None
         settings = {"method": cfg.method, "k1": cfg.k1, "b": cfg.b, "title_in_text": cfg.title_in_text,
                     "source_in_text": cfg.source_in_text,
                     "rrf_k": cfg.rrf_k, "fusion_depth": cfg.fusion_depth, "device": cfg.device}
         write_json({"format": FORMAT, "backend": cfg.backend, "chunks": table.num_rows,
                     "tokenizer": tokenizer.settings(), "settings": settings,
-                    "embedding_model": model_ref, "step": ctx.step}, folder / MANIFEST)
+                    "embedding_model": outside, "embedded_model": inside, "step": ctx.step}, folder / MANIFEST)
         stats["build_seconds"] = round(time.perf_counter() - started, 3)
         return stats
 
