@@ -143,6 +143,24 @@ def bm25s_default_variant(ids: list[str], texts: list[str]):
     return search, built
 
 
+def rechunked(dirs: dict[str, Path], max_chars: int) -> dict:
+    """The default BM25 index over the same documents chunked at ``max_chars`` (the chunk stage itself)."""
+    from synth.chunking import ChunkStage
+    from synth.config import ChunkConfig
+    from schemas.io import write_parquet
+
+    with tempfile.TemporaryDirectory() as tmp:
+        chunk_dir = Path(tmp) / "chunk"
+        ctx = StageContext(stage_dir=chunk_dir, work_dir=Path(tmp), step="chunk")
+        res = ChunkStage(ChunkConfig(max_chars=max_chars, min_chars=80)).process(read_parquet_dir(dirs["pii"]), ctx)
+        write_parquet(res.table, chunk_dir / "part-00000.parquet")
+        d = {"chunk": chunk_dir, "pii": dirs["pii"]}
+        chunks = read_parquet_dir(chunk_dir, columns=["id", "source", "text"]).to_pylist()
+        search, _ = build_stage_index(d, Path(tmp) / "index")
+        sets = load_questions(d, chunks)
+        return {"chunks": len(chunks), **evaluate(search, sets, {c["id"]: page_of(c["source"]) for c in chunks})}
+
+
 def evaluate(search, sets: dict[str, list[dict]], page_by_chunk: dict[str, str]) -> dict:
     res: dict = {}
     times = []
@@ -171,6 +189,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-w", "--workspace", type=Path, default=Path("workspace/postgres-docs"))
     ap.add_argument("--dense", action="store_true", help="also all-MiniLM-L6-v2 dense and hybrid (slower)")
+    ap.add_argument("--max-chars", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="also re-chunk the documents at these chunk sizes, e.g. 600,1200,2000 (default BM25)")
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     args = ap.parse_args()
     dirs = latest_dirs(args.workspace)
@@ -229,6 +249,15 @@ def main() -> int:
     for set_name in sets:
         misses = results[first][set_name]["page_misses@5"]
         print(f"page misses @5 ({set_name}, default): {len(misses)}: {misses[:12]}")
+    if args.max_chars:
+        print("\n### chunk size (default BM25; hand + paraphrased, page | chunk recall@5)")
+        print("| max_chars | chunks | hand page@5 | hand chunk@5 | paraphrased page@5 | paraphrased chunk@5 |")
+        print("|---|---|---|---|---|---|")
+        for m in args.max_chars:
+            res = rechunked(dirs, m)
+            results[f"chunk max_chars={m}"] = res
+            print(f"| {m} | {res['chunks']} | {res['hand']['page'][5]:.3f} | {res['hand']['chunk'][5]:.3f} | "
+                  f"{res['paraphrased']['page'][5]:.3f} | {res['paraphrased']['chunk'][5]:.3f} |")
     if args.out:
         args.out.write_text(json.dumps(results, indent=1, default=str))
     return 0

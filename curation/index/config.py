@@ -45,6 +45,10 @@ class IndexConfig(StageConfig):
     embedding_model: str | None = Field(
         None, description="Local sentence-transformers model folder for dense/hybrid (loaded offline, never downloaded)."
     )
+    copy_embedding_model: bool = Field(
+        True, description="Dense/hybrid: copy the embedding model folder into the index folder (dense/model/, "
+        "~90 MB for all-MiniLM-L6-v2) so the index is self-contained; false: record the folder's absolute path."
+    )
     rrf_k: int = Field(60, ge=1, le=1000, description="Hybrid: reciprocal-rank-fusion constant (score = sum 1/(rrf_k + rank)).")
     fusion_depth: int = Field(100, ge=1, le=100_000, description="Hybrid: candidates taken from each ranking before fusion.")
     embedding_batch_size: int = runtime(32, ge=1, le=4096, description="Chunks embedded per batch (dense/hybrid).")

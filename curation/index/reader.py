@@ -8,7 +8,8 @@
 A folder holds ``index.json`` (format, backend, tokenizer and scoring settings, chunk count),
 ``chunks.parquet`` (chunk_id, source_id, doc_id, span_start, span_end, title, heading, text) and the
 backend's files (``bm25/``, ``dense/``). It is self-contained: copy it anywhere and open it there
-(dense and hybrid indexes also need their embedding model folder, recorded in ``index.json``).
+(a dense or hybrid index carries its embedding model in ``dense/model/`` unless built with
+``copy_embedding_model: false``, which records the model folder's absolute path instead).
 """
 
 from __future__ import annotations
@@ -80,7 +81,9 @@ class Index:
             tok = Tokenizer(**self.manifest["tokenizer"])
             self._bm25 = Bm25Backend(tokenizer=tok, method=s["method"], k1=s["k1"], b=s["b"]).open(self.path)
         if self.backend in ("dense", "hybrid"):
-            self._dense = DenseBackend(model_path=self.manifest["embedding_model"], device=s.get("device", "cpu"))
+            inside = self.manifest.get("embedded_model")  # the model copied into this folder, else an outside one
+            model = str(self.path / inside) if inside else self.manifest["embedding_model"]
+            self._dense = DenseBackend(model_path=model, device=s.get("device", "cpu"))
             self._dense.open(self.path)
         self._rrf_k = s.get("rrf_k", 60)
         self._depth = s.get("fusion_depth", 100)

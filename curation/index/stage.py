@@ -9,6 +9,7 @@ decisions; its stats count chunks, pages and the vocabulary.
 from __future__ import annotations
 
 import re
+import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path, PurePosixPath
@@ -62,6 +63,7 @@ def indexed_text(text: str, *, title: str | None, heading: str | None, source: s
 
 class IndexStage(Stage[IndexConfig]):
     kind = "artifact"
+    provides = "index"  # what a step that retrieves (RAFT synth, the bundle) can list in its 'needs'
     version = "2"  # 2: titles only from what the (scrubbed) text contains
     requires = {n: CHUNKS.field(n).type for n in ("id", "doc_id", "text", "source", "span_start", "span_end",
                                                    "heading", "position")}
@@ -139,13 +141,20 @@ class IndexStage(Stage[IndexConfig]):
             DenseBackend(model_path=cfg.embedding_model, device=cfg.device,
                          batch_size=cfg.embedding_batch_size).build(docs, folder)
         ctx.progress(table.num_rows - table.num_rows // 2)
+        # the model that embeds queries: copied inside the folder ("embedded_model", relative), or an outside folder
+        outside = inside = None
+        if cfg.embedding_model:
+            outside = str(model_folder(cfg.embedding_model).resolve())
+            if cfg.copy_embedding_model:
+                inside = f"{DenseBackend.folder}/model"
+                shutil.copytree(outside, folder / inside, ignore=shutil.ignore_patterns(".git", "*.md", ".gitattributes"))
+                outside = None
         settings = {"method": cfg.method, "k1": cfg.k1, "b": cfg.b, "title_in_text": cfg.title_in_text,
                     "source_in_text": cfg.source_in_text,
                     "rrf_k": cfg.rrf_k, "fusion_depth": cfg.fusion_depth, "device": cfg.device}
         write_json({"format": FORMAT, "backend": cfg.backend, "chunks": table.num_rows,
                     "tokenizer": tokenizer.settings(), "settings": settings,
-                    "embedding_model": str(Path(cfg.embedding_model).expanduser().resolve())
-                    if cfg.embedding_model else None, "step": ctx.step}, folder / MANIFEST)
+                    "embedding_model": outside, "embedded_model": inside, "step": ctx.step}, folder / MANIFEST)
         stats["build_seconds"] = round(time.perf_counter() - started, 3)
         return stats
 

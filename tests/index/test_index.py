@@ -122,6 +122,10 @@ def test_dense_and_hybrid_with_a_local_sentence_transformers_folder(corpus, tmp_
         hits = index.search(question, k=3)
         assert any(h.source_id.endswith("osprey-archive.md") for h in hits), [h.source_id for h in hits]
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+        assert (index.manifest["embedded_model"], index.manifest["embedding_model"]) == ("dense/model", None)
+        copy = tmp_path / f"copy-{backend}"  # self-contained: the model travels inside the folder
+        shutil.copytree(plan(recipe)[-1].dir / "index", copy)
+        assert [h.chunk_id for h in open_index(copy).search(question, k=3)] == [h.chunk_id for h in hits]
     bad = _recipe(corpus, tmp_path / "ws2", index={"backend": "dense", "embedding_model": str(tmp_path)})
     with pytest.raises(ConfigError, match="not a local sentence-transformers folder"):
         plan(recipe_from_dict(bad))  # before any work
