@@ -53,27 +53,6 @@ def _passage(n: int, hit: Any) -> Passage:
                    score=float(hit.score), text=str(hit.text), title=getattr(hit, "title", None))
 
 
-_LOG_CALLBACK: list[Any] = []
-
-
-def route_llama_logs(llama_cpp: Any) -> None:
-    """llama.cpp's own log lines to the ``slmforge.llama_cpp`` logger (errors as ERROR, the rest DEBUG), never
-    straight to stderr (the bindings' default callback prints warnings such as the SWA cache note)."""
-    if _LOG_CALLBACK:
-        return
-    import ctypes
-    import logging
-
-    log = logging.getLogger("slmforge.llama_cpp")
-
-    @llama_cpp.llama_log_callback
-    def route(level, text, user_data):  # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 continuation
-        log.log(logging.ERROR if level == 4 else logging.DEBUG, "%s", (text or b"").decode("utf-8", "replace").rstrip())
-
-    llama_cpp.llama_log_set(route, ctypes.c_void_p(0))
-    _LOG_CALLBACK.append(route)  # the callback must outlive every call into llama.cpp
-
-
 class Reader:
     """A loaded bundle: the llama.cpp model, the index and the prompt format. ``answer`` is thread-safe (one
     generation at a time: a llama.cpp context is not)."""
@@ -101,7 +80,9 @@ class Reader:
         llama_cpp = require("llama_cpp", extra="llama", purpose="answering with a bundle")
         from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-        route_llama_logs(llama_cpp)
+        from train.llama_cpp import bindings
+
+        bindings()  # llama.cpp's log lines go to the slmforge.llama_cpp logger, never straight to stderr
 
         if self.has_index:
             from curation.index import open_index
