@@ -200,12 +200,11 @@ def write_dataset_card(workspace: str | Path) -> Path:
             _hist_plot({"documents": lengths}, out_dir / "document_lengths.png",
                        title="Document length", xlabel="characters")
             md += ["![document lengths](document_lengths.png)", ""]
-    for step, d in steps:  # PII found, from the stage counters
-        counters = _stats(d).get("counters", {})
-        ents = {k.split(":", 1)[1]: v for k, v in counters.items() if k.startswith("entities:")}
-        if ents:
-            md += [f"### PII replaced by `{step['name']}`", "",
-                   _table(["entity", "spans"], [[k, v] for k, v in sorted(ents.items())]), ""]
+    for step, d in steps:  # PII: what the stage found here, beside the bench's leak rate and precision
+        if step["stage"] == "pii":
+            from curation.pii.report import card_lines
+
+            md += card_lines(step["name"], _stats(d).get("counters", {}))
 
     # 3. The training examples: the last step with `messages`.
     ex_step = None

@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from slmforge import cli_annotate, cli_dedup, cli_pii, cli_search, cli_synth, cli_train
+from slmforge import cli_annotate, cli_ask, cli_dedup, cli_pii, cli_search, cli_synth, cli_train
 from slmforge.cli_common import console, out, parse_sets, reporter, run_with_errors
 
 app = typer.Typer(
@@ -178,6 +178,7 @@ cli_annotate.register(app)
 cli_synth.register(app)
 cli_train.register(app)
 cli_search.register(app)
+cli_ask.register(app)
 
 
 def main() -> None:  # console-script entry point

@@ -85,14 +85,14 @@ def detect(
 @pii_app.command("scrub")
 def scrub(
     input: Path = typer.Option(..., "--input", exists=True, dir_okay=False, help="Parquet with columns id, text."),
-    output: Path = typer.Option(..., "--output", help="Same rows with 'text' scrubbed (+ out.decisions.parquet)."),
+    output: Path = typer.Option(..., "--output", help="Same rows with every text column scrubbed (+ out.decisions.parquet)."),
     mode: str = typer.Option("ner", help="ner | patterns"),
     anonymize: str = typer.Option("placeholder", help="redact | placeholder | pseudonym"),
     threshold: float = typer.Option(0.5, help="Minimum score 0..1."),
     workers: int = typer.Option(1, help="Worker processes."),
     entities: str = typer.Option(None, help="Comma-separated entity types (default: all)."),
 ) -> None:
-    """Replace PII/secrets in the text column and write the table back."""
+    """Replace PII/secrets in every text column (text, title, meta, source ...) and write the table back."""
     stats, dec = run_with_errors(_run, _config(mode, anonymize, threshold, workers, entities), input, output, workers)
     console.print(f"{sum(len(d['spans']) for d in dec)} spans replaced in {stats['modified']}/{stats['rows_in']} "
                   f"documents -> {output}")

@@ -46,6 +46,7 @@ STAGES: dict[str, StageType] = {
     "train": StageType("train.config:TrainConfig", "train.sft:TrainStage"),
     "eval": StageType("train.config:EvalConfig", "train.evaluate:EvalStage"),
     "export": StageType("train.config:ExportConfig", "train.export:ExportStage"),
+    "bundle": StageType("train.bundle_config:BundleConfig", "train.bundle:BundleStage"),
 }
 
 

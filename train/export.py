@@ -266,6 +266,7 @@ def model_card(*, name: str, base: str, files: list[dict], merge_diff: float, me
 class ExportStage(Stage[ExportConfig]):
     kind = "artifact"
     needs = ("examples", "base_model", "adapter")
+    provides = "export"  # what a bundle step needs
     version = "3"  # 2: Q4_0 rounded by GPTQ calibration by default; 3: export.json answer_* keys, 95 % intervals
     #: checked at plan time when the dataset step is listed first in inputs
     requires = EXAMPLE_COLUMNS

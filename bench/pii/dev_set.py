@@ -251,7 +251,11 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=3)
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
-    write_jsonl(generate(TEMPLATES, CLEAN, n=a.n, seed=a.seed, locales=LOCALES, split="dev"), a.out)
+    from dev_more import MORE, MORE_CLEAN, MORE_LOCALES
+
+    templates = {k: [*TEMPLATES.get(k, []), *MORE.get(k, [])] for k in sorted({*TEMPLATES, *MORE})}
+    write_jsonl(generate(templates, CLEAN + MORE_CLEAN, n=a.n, seed=a.seed, locales=LOCALES + MORE_LOCALES,
+                         split="dev"), a.out)
 
 
 if __name__ == "__main__":

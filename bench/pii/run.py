@@ -1,20 +1,21 @@
 """Stock Presidio vs slmforge on labelled sets, side by side in one run (same spaCy model).
 
     cd bench/pii
-    python dev_set.py --n 600 --seed 3 --out /tmp/pii_dev.jsonl
+    python dev_set.py --n 800 --seed 5 --out /tmp/pii_dev.jsonl
     python holdout_set.py --n 600 --seed 11 --out /tmp/pii_holdout.jsonl
-    flock /work/helpers/heavy.lock python run.py /tmp/pii_dev.jsonl /tmp/pii_holdout.jsonl
+    flock /work/helpers/heavy.lock python run.py /tmp/pii_dev.jsonl /tmp/pii_holdout.jsonl --json ../../curation/pii/measured.json
 
 Per set: precision, recall and leak rate (1 - recall) per entity and per document kind (overlap match:
 a gold span counts as found when a predicted span of the same type overlaps it), look-alikes kept,
 PII-free documents unchanged, and documents per CPU-second of the analysis loop (one process,
-after warm-up). ``--residual`` also scores slmforge with its residual scan (``residual: replace``).
+after warm-up). slmforge runs twice: residual scan off, and the default (residual: replace).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from collections import defaultdict
 
@@ -47,6 +48,9 @@ def score(rows: list[dict], preds: list[list[dict]]) -> dict:
             decoys_kept += not any(_overlaps(d, p) for p in pred)
         for g in gold:
             hit = any(p["g"] == g["g"] and _overlaps(p, g) for p in pred)
+            covered = any(_overlaps(p, g) for p in pred)  # replaced under some type: not leaked
+            counts["any_type:" + g["g"]][2] += covered
+            counts["any_type:" + g["g"]][3] += 1
             for key in (g["g"], "kind:" + row["kind"], "PII" if g["g"] != "SECRET" else None):
                 if key:
                     counts[key][2] += hit
@@ -91,6 +95,23 @@ def ours_find(texts: list[str], **update) -> tuple[list[list[dict]], float]:
     return spans, time.process_time() - t0
 
 
+def summary(rows: list[dict], engines: dict) -> dict:
+    """Per engine: per-entity and per-kind gold/precision/recall/leak, micro figures, throughput (JSON-able)."""
+    out = {}
+    for k, e in engines.items():
+        c = e["s"]["counts"]
+        any_found = sum(c["any_type:" + g][2] for g in PII_ENTITIES)
+        any_gold = sum(c["any_type:" + g][3] for g in PII_ENTITIES)
+        per = {key: {"gold": c[key][3], "predicted": c[key][1], "precision": round(pr(c[key])[0], 4), "recall": round(pr(c[key])[1], 4),
+                     "leak": round(1 - pr(c[key])[1], 4)} for key in c}
+        out[k] = {"docs": len(rows), "pii_free_unchanged": round(e["s"]["unchanged"], 4), "pii_free": e["s"]["n_clean"],
+                  "lookalikes_kept": round(e["s"]["decoys_kept"], 4), "docs_per_cpu_second": round(len(rows) / e["cpu"], 1),
+                  "pii_leak_any_type": round(1 - any_found / max(1, any_gold), 4), "entities": per}
+        if "stock" in engines and k != "stock":
+            out[k]["throughput_vs_stock"] = round(engines["stock"]["cpu"] / e["cpu"], 2)
+    return out
+
+
 def report(name: str, rows: list[dict], engines: dict) -> None:
     kinds = sorted({r["kind"] for r in rows})
     print(f"\n## {name}: {len(rows)} documents ({sum(r['clean'] for r in rows)} PII-free technical)\n")
@@ -106,6 +127,11 @@ def report(name: str, rows: list[dict], engines: dict) -> None:
     for k in names:
         s = engines[k]["s"]
         p, r = pr(s["counts"]["PII"])
+        c = s["counts"]
+        any_found = sum(c["any_type:" + g][2] for g in PII_ENTITIES)
+        any_gold = sum(c["any_type:" + g][3] for g in PII_ENTITIES)
+        print(f"\n{k}: leak of the 10 PII types counting a span replaced under another type as not leaked "
+              f"(any-type overlap) {1 - any_found / max(1, any_gold):.3f}")
         sp, sr = pr(s["counts"]["SECRET"])
         print(f"\n{k}: PII micro P {p:.3f} R {r:.3f} leak {1 - r:.3f}; secrets P {sp:.3f} R {sr:.3f} leak {1 - sr:.3f}; "
               f"PII-free docs unchanged {100 * s['unchanged']:.1f}% of {s['n_clean']}; look-alikes kept "
@@ -119,24 +145,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sets", nargs="+", help="labelled JSONL files (dev_set.py / holdout_set.py output)")
     ap.add_argument("--no-stock", action="store_true", help="skip stock Presidio")
-    ap.add_argument("--residual", action="store_true", help="also run slmforge with residual: replace")
+    ap.add_argument("--json", default=None, help="write the figures of every set and engine to this JSON file "
+                    "(curation/pii/measured.json feeds the dataset card's PII section)")
     a = ap.parse_args()
     from curation.pii.engine import _offline_tldextract
 
     _offline_tldextract()
     print(f"spaCy model {MODEL}; date {time.strftime('%Y-%m-%d')}")
+    measured = {"date": time.strftime("%Y-%m-%d"), "spacy_model": MODEL,
+                "command": "python bench/pii/run.py " + " ".join(sys.argv[1:]), "sets": {}}
     for path in a.sets:
         rows = [json.loads(line) for line in open(path)]
         texts = [r["text"] for r in rows]
         runs = {} if a.no_stock else {"stock": stock_find}
-        runs["slmforge"] = lambda t: ours_find(t, residual="off")
-        if a.residual:
-            runs["slmforge+residual"] = lambda t: ours_find(t, residual="replace")
+        runs["slmforge residual:off"] = lambda t: ours_find(t, residual="off")
+        runs["slmforge (default, residual:replace)"] = lambda t: ours_find(t, residual="replace")
         engines = {}
         for k, fn in runs.items():
             preds, cpu = fn(texts)
             engines[k] = {"s": score(rows, preds), "cpu": cpu}
         report(path, rows, engines)
+        measured["sets"][rows[0]["id"].split("-")[0]] = summary(rows, engines)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(measured, f, indent=1, sort_keys=True)
 
 
 if __name__ == "__main__":

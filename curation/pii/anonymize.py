@@ -43,8 +43,18 @@ def corpus_key(config: PiiConfig) -> bytes:
 
 def replace(text: str, spans: list[dict], config: PiiConfig, *, key: bytes | None = None) -> str:
     """Apply the configured anonymisation to non-overlapping, sorted spans."""
-    if not spans:
-        return text
+    return _apply(text, spans, _labels(text, spans, config, key))
+
+
+def mark(text: str, spans: list[dict], suspects: list[dict], config: PiiConfig, *, key: bytes | None = None) -> str:
+    """``spans`` anonymised and each suspect span (residual scan) kept but marked ``[[TYPE? value]]`` for a reviewer."""
+    labels = dict(zip((s["start"] for s in spans), _labels(text, spans, config, key)))
+    labels.update({s["start"]: f"[[{s['entity_type']}? {text[s['start']:s['end']]}]]" for s in suspects})
+    both = sorted(spans + suspects, key=lambda s: s["start"])
+    return _apply(text, both, [labels[s["start"]] for s in both])
+
+
+def _labels(text: str, spans: list[dict], config: PiiConfig, key: bytes | None) -> list[str]:
     labels: list[str] = []
     if config.anonymize == "redact":
         labels = ["" for _ in spans]
@@ -65,6 +75,12 @@ def replace(text: str, spans: list[dict], config: PiiConfig, *, key: bytes | Non
                     tag = str(counts[et])
                 numbers[(et, canon)] = f"<{et}_{tag}>"
             labels.append(numbers[(et, canon)])
+    return labels
+
+
+def _apply(text: str, spans: list[dict], labels: list[str]) -> str:
+    if not spans:
+        return text
     out, pos = [], 0
     for s, label in zip(spans, labels):
         out.append(text[pos:s["start"]])

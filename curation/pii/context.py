@@ -14,18 +14,21 @@ import re
 
 from presidio_analyzer import EntityRecognizer, RecognizerResult
 
-from curation.pii.lexicon import NOT_NAMES, STREET_SUFFIXES_GLUED, STREET_TYPES, STREET_WORDS_BEFORE
+from curation.pii.lexicon import COUNTRIES, NOT_NAMES, STREET_SUFFIXES_GLUED, STREET_TYPES, STREET_WORDS_BEFORE
 from curation.pii.regex_recognizer import RegexRecognizer
 
-UP = "A-ZÀ-ÖØ-Þ"
-LOW = "a-zß-öø-ÿ"
+UP = "A-ZÀ-ÖØ-ÞĀ-ž"  # Latin-1 and Latin Extended-A (Ł, Ś, Ž ... and their lower-case forms)
+LOW = "a-zß-öø-ÿĀ-ž"
 NAME = rf"[{UP}][{LOW}'’]+(?:-[{UP}]?[{LOW}'’]+)?"
 PARTICLE = r"(?:van der|van den|van|von|de la|de|del|della|di|da|le|la|du|dos|das|bin|al|ter|den|der|mac|st\.)"
 FULL = rf"{NAME}(?:[ \t](?:{PARTICLE}[ \t])?{NAME}){{0,2}}"
-PLACE = rf"[{UP}][{LOW}'’.]+(?:(?:[ \t]|-)(?:(?:on|upon|sur|am|an|de|del|la|le|les|the|in|by)(?:[ \t]|-))?[{UP}][{LOW}'’]+){{0,3}}"
+_MONTH_OR_DAY = r"(?:Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec|Mon|Tue|Wed|Thu|Fri|Sat|Sun)"
+PLACE = rf"(?:(?:St|Ste|Sta|Sto|Mt|Ft|Pt)\.?[ \t]+)?[{UP}][{LOW}'’]+(?:(?:[ \t]|-)(?:(?:on|upon|sur|am|an|de|del|la|le|les|the|in|by)(?:[ \t]|-)(?!{_MONTH_OR_DAY}))?[{UP}][{LOW}'’]+){{0,3}}"
 _MONTHS_DAYS = {"january", "february", "march", "april", "may", "june", "july", "august", "september", "october",
                 "november", "december", "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday",
                 "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec"}
+PLACE_FEW = PLACE.removesuffix("{0,3}") + "{0,3}?"  # lazy: "Whitby" in "Whitby General Hospital"
+assert PLACE_FEW.endswith("?")
 _GREETING = (r"(?:Hi|Hello|Hey|Heya|Hiya|Dear|Morning|Good morning|Good afternoon|Good evening|Evening|Afternoon|"
              r"Greetings|Howdy|Bonjour|Hallo|Hola|Ciao|Salut|Moin)")
 _SIGNOFF = (r"(?:Thanks|Thank you|Thanks again|Many thanks|Thx|Ta|Cheers|Regards|Best|Best regards|Kind regards|"
@@ -36,14 +39,27 @@ _ROLE = (r"(?i:\b(?:author|authors|maintainer|maintained by|reporter|reported by
          r"spoke (?:to|with)|talked (?:to|with)|reply from|response from|message from|email from|call from|"
          r"voicemail from|ask|asked|ping|pinged|cc|cc'd|contact|contacted|patient|pt|next of kin|nok|seen by|"
          r"physician|attending|referred by|referring|caller|called|customer|on behalf of|courtesy of|thanks to|"
-         r"handled by|owned by|written by|edited by|forwarded by|signed|dictated by|nurse|guardian|mother|father|"
+         r"escalated to|handed (?:over )?to|transferred to|forwarded to|passed (?:it )?to|reassigned to|handled by|owned by|written by|edited by|forwarded by|signed|dictated by|nurse|guardian|mother|father|"
          r"wife|husband|son|daughter|spouse|partner|emergency contact|contact person|sender|recipient|attn)\b)")
 _PLACE_WORDS = (r"(?i:\b(?:lives in|living in|lived in|based in|located in|resides in|residing in|resident of|"
                 r"moved to|moving to|relocated to|born in|grew up in|travell?(?:ing|ed)? to|flew to|flying to|"
                 r"visiting|offices? in|branch in|clinic in|hospital in|near|outside|suburb of|town of|city of|"
-                r"village of|county of|province of|region of|lives with [\w ]{1,24} in|stationed in|works in)\b)")
-_PLACE_OFFICE = (r"(?i:\bat the)[ \t]+(?P<v>" + PLACE + r")[ \t]+(?i:office|clinic|branch|site|store|hospital|campus|"
-                 r"depot|warehouse|plant|factory|surgery|practice|centre|center|location|facility|pharmacy|shop)\b")
+                r"village of|county of|province of|region of|lives with [\w ]{1,24} in|stationed in|works in|"
+                r"trip to|back from|arrived (?:in|at)|drove (?:to|from|up from|down from)|driving (?:to|from)|"
+                r"headed to|heading to|returned (?:to|from)|home in|weekend in|holiday in|vacation in|"
+                r"stay(?:ing|ed)? in|hometown|hometown of|native of|commutes? from|transferred from [\w ]{1,24} in)\b)")
+_US_STATES = (r"(?:AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|"
+              r"NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY)")
+_PLACE_OFFICE = (r"(?i:\b(?:the|our|their|your|its))[ \t]+(?P<v>" + PLACE + r")[ \t]+(?i:office|clinic|branch|site|store|hospital|campus|"
+                 r"depot|warehouse|plant|factory|surgery|practice|centre|center|location|facility|pharmacy|shop|hq|headquarters|"
+                 r"data ?cent(?:er|re)|airport)\b")
+#: a name-bearing key in config/JSON/YAML/TOML: the value is a person when it looks like a name
+_NAME_KEY = (r"(?im:^[ \t]*[\"']?(?:name|full[_-]?name|display[_-]?name|owner|author|maintainer|contact(?:[_-]?name)?|"
+             r"manager|assignee|reporter|requester|customer(?:[_-]?name)?|patient(?:[_-]?name)?|first[_-]?name|"
+             r"last[_-]?name|surname|given[_-]?name|family[_-]?name)[\"']?[ \t]*[:=][ \t]*[\"']?)")
+#: postcodes of common layouts: 5 digits (DE/FR/IT/ES/US), 4 digits (AT/CH/BE/DK/NL), 12-345 (PL), 1234 AB (NL),
+#: A1B 2C3 (CA), SW1A 1AA (UK)
+_POSTCODE = r"(?:\d{5}|\d{4}(?: ?[A-Z]{2})?|\d{2}-\d{3}|[A-Z]\d[A-Z] ?\d[A-Z]\d|[A-Z]{1,2}\d[A-Z\d]? ?\d[A-Z]{2})"
 
 
 def _tech_words() -> set[str]:
@@ -65,9 +81,22 @@ def proper_name(value: str, text: str, start: int, end: int) -> bool:
     return not any(w.isupper() and len(w) > 2 for w in words)
 
 
+def proper_name_or_address(value: str, text: str, start: int, end: int) -> bool:
+    """An address span (has a digit) stands on its structure; a bare place name must be a proper name."""
+    return any(ch.isdigit() for ch in value) or proper_name(value, text, start, end)
+
+
+_PLACEHOLDER_HEADS = {"PERSON", "EMAIL", "PHONE", "LOCATION", "CREDIT", "IBAN", "US", "IP", "URL", "DATE", "AWS",
+                      "GITHUB", "SLACK", "GOOGLE", "STRIPE", "OPENAI", "API", "JWT", "PRIVATE", "PASSWORD", "SECRET",
+                      "CONNECTION"}
+
+
 def handle_ok(value: str, text: str, start: int, end: int) -> bool:
     """A chat handle / username: not a role, bot, broadcast word or code decorator."""
     low = value.lower().strip("@+%~&")
+    bare = value.strip("@+%~&")
+    if re.fullmatch(r"[A-Z_]+(?:_\d+|_[0-9a-f]{8})?", bare) and bare.split("_")[0] in _PLACEHOLDER_HEADS:
+        return False  # our own placeholder (<PERSON>, <EMAIL_ADDRESS_1>) seen again by a rescan
     if low in NOT_NAMES or low in _tech_words() or re.search(r"bot\b|^ci$|^gh$|^svc|service|system|deploy", low):
         return False
     line_start = text.rfind("\n", 0, start) + 1
@@ -87,7 +116,8 @@ def address_patterns() -> list[tuple[str, float]]:
     before_words = (r"(?i:rue|boulevard|chemin|impasse|allée|allee|quai|viale|piazza|piazzale|corso|contrada|largo|"
                     r"vicolo|borgo|strada|calle|avenida|avda|paseo|ronda|carrer|passeig|rua|travessa|praça|praca|"
                     r"alameda|estrada|glorieta|pasaje|callejón|callejon|carretera|rambla|vía|traversa|lungomare|acceso|"
-                    r"urbanización|urbanizacion|cuesta|cañada|pasadizo|vial|travesía|travesia|c/|c\.(?= de))")
+                    r"urbanización|urbanizacion|cuesta|cañada|pasadizo|vial|travesía|travesia|c/|c\.(?= de)|"
+                    r"ul\.|al\.|pl\.|os\.)")
     particles = r"(?:(?:de la|de los|de las|del|della|delle|dei|degli|des|du|de|la|le|les|los|las|di|da|dos|das|do|d'|l')\s?)*"
     romance_name = rf"{particles}[{UP}][\w'’-]+(?: (?:(?:de|del|la|di|da|e|y|dos|das) )?[{UP}][\w'’-]+){{0,3}}"
     labelled = (r"(?i:\b(?:address|addr|home address|home|residence|mailing address|billing address|shipping address|"
@@ -114,7 +144,7 @@ class ChatSpeakerRecognizer(EntityRecognizer):
     """Speaker names at the start of chat lines ("Kelly [8 PM]: text", "priya: text"), counted only in a
     text with at least two such lines (a chat transcript), never form labels ("Summary:", "Patient:")."""
 
-    _LINE = re.compile(rf"^(?P<v>{NAME}|[a-z][a-z0-9._-]{{1,24}})(?:[ \t]+\[[^\]\n]{{1,30}}\])?:[ \t]+\S+[ \t]+\S",
+    _LINE = re.compile(rf"^(?P<v>{NAME}(?: {NAME})?|[a-z][a-z0-9._-]{{1,24}})(?:[ \t]+\[[^\]\n]{{1,30}}\])?:[ \t]+\S+[ \t]+\S",
                        re.MULTILINE)
 
     def __init__(self) -> None:
@@ -133,10 +163,12 @@ class ChatSpeakerRecognizer(EntityRecognizer):
 
 
 def context_recognizers() -> list[EntityRecognizer]:
+    street = rf"(?:[{UP}][\w'’.-]*[ \t]){{1,4}}\d{{1,5}}[a-zA-Z]?(?:/\d{{1,4}})?|\d{{1,5}}[a-zA-Z]?[ \t](?:[{UP}][\w'’.-]*[ \t]?){{1,4}}"
     titles = r"(?:Dr|Mr|Mrs|Ms|Miss|Mx|Prof|Sr|Sra|Srta|Sir|Dame|Rev|Fr|Capt|Herr|Frau|Mme|Mlle|Dott|Nurse|Doctor)"
     return [
         RegexRecognizer("PERSON", [
-            (rf"\b{titles}\.?[ \t]+(?P<v>{FULL})", 0.85),
+            (rf"\b{titles}\.?[ \t]+(?P<v>(?:{PARTICLE}[ \t])?{FULL})", 0.85),
+            (rf"{_NAME_KEY}(?P<v>{FULL}(?:,[ \t]{NAME})?)(?=[\"',]?[ \t]*(?:[,}}]|$))", 0.75),
             (rf"^[ \t>]*{_GREETING}[ \t,]+(?P<v>{FULL})(?=[ \t]*(?:[,!:.\n–—-]|$))", 0.8),
             (rf"^[ \t>]*{_SIGNOFF}[ \t]*[,!.]?[ \t]*\n[ \t>]*(?P<v>{FULL})[ \t]*$", 0.8),
             (rf"\b(?:Thanks|Thank you|Cheers|Regards|Thx|Best)[ \t]*,?[ \t]+(?P<v>{FULL})[ \t]*[.!]?[ \t]*$", 0.75),
@@ -145,8 +177,9 @@ def context_recognizers() -> list[EntityRecognizer]:
             (rf"\"(?P<v>{FULL}(?:,[ \t]{NAME})?)\"[ \t]*<[^<>@\s]+@[^<>\s]+>", 0.85),
         ], group="v", validate=proper_name, name="slmforge_person_context"),
         RegexRecognizer("PERSON", [
+            (r"<@[UW][A-Z0-9]{6,12}\|(?P<v>[^\W_][\w.-]{0,39})>", 0.85),  # Slack mention <@U0123ABC|handle>
             (r"\b(?:TODO|FIXME|XXX|HACK)\((?P<v>[A-Za-z][\w.-]{1,30})\)", 0.75),
-            (r"(?<![\w.@/\"'`])@(?P<v>[^\W\d_][\w.-]{0,30}[^\W_])(?![\w@/(-]|\.[^\W\d_])", 0.7),
+            (r"(?<![\w.@/\"'`<])@(?P<v>[^\W\d_][\w.-]{0,30}[^\W_])(?![\w@/(-]|\.[^\W\d_])", 0.7),
             (r"^[ \t]*(?:\[[^\]\n]{1,40}\][ \t]*)?<[@+%~&]?(?P<v>[A-Za-z][\w.|-]{0,30})>", 0.8),
         ], group="v", validate=handle_ok, name="slmforge_person_handle"),
         ChatSpeakerRecognizer(),
@@ -154,5 +187,19 @@ def context_recognizers() -> list[EntityRecognizer]:
             (rf"{_PLACE_WORDS}[ \t]+(?P<v>{PLACE})", 0.75),
             (_PLACE_OFFICE, 0.75),
             (rf"\b(?:in|from)[ \t]+(?P<v>{PLACE})(?=[ \t]*(?:[.;!?]|,[ \t]|$))", 0.35),
-        ], group="v", validate=proper_name, name="slmforge_location_context"),
+            (rf"(?<![\w-])(?P<v>{PLACE})-based\b", 0.75),
+            (rf"\b(?P<v>{PLACE}),[ \t]+{_US_STATES}(?:[ \t]+\d{{5}}(?:-\d{{4}})?)?(?![\w-])", 0.75),  # Ouray, CO 81427
+            (rf"\b(?P<v>{PLACE_FEW})[ \t]+(?:General Hospital|Hospital|Medical Cent(?:er|re)|Infirmary|County|Airport|"
+             rf"Train Station|Station)\b", 0.6),
+            (rf"\bin[ \t]+(?P<v>{PLACE})[ \t]+(?:on|last|next|this|yesterday|today|tomorrow|since|until|during|"
+             rf"for the|over the)\b", 0.6),
+            (rf"\bfrom[ \t]+(?P<v>{PLACE})[ \t]+to[ \t]+[{UP}]", 0.6),
+            (rf"\bfrom[ \t]+{PLACE}[ \t]+to[ \t]+(?P<v>{PLACE})", 0.6),
+            # Via Roma 12, 20121 Milano / 12 Rue X, 75001 Paris / Kerkstraat 7\n1234 AB Horssen (one span)
+            (rf"(?P<v>\b(?:{street}),?[ \t]*\n?[ \t]*{_POSTCODE}[ \t]+{PLACE})", 0.75),
+            (rf"^(?P<v>{_POSTCODE}[ \t]+{PLACE})[ \t]*$", 0.6),
+        ], group="v", validate=proper_name_or_address, name="slmforge_location_context"),
+        RegexRecognizer("LOCATION", [
+            (rf"(?<![\w-])(?P<v>{COUNTRIES})(?![\w-])", 0.6),
+        ], group="v", name="slmforge_location_country"),
     ]

@@ -9,6 +9,7 @@ from typing import Any
 from curation.pii.config import SECRET_ENTITIES, PiiConfig
 from schemas.errors import ConfigError, require
 
+from curation.pii.lexicon import NOT_NAMES
 from curation.pii.ner import NER_ENTITIES, TECH_WORDS as _TECH  # noqa: F401 (re-exported)
 
 _ENGINES: dict[tuple, Any] = {}
@@ -56,7 +57,24 @@ def build_analyzer(config: PiiConfig):
         registry.add_recognizer(recognizer)
     else:
         engine = _noop_engine()
-    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"])
+    return AnalyzerEngine(registry=registry, nlp_engine=engine, supported_languages=["en"],
+                          context_aware_enhancer=_no_context_enhancer())
+
+
+def _no_context_enhancer():
+    """Our recognizers weigh their own context (windows around the match); Presidio's lemma-based enhancer
+    would only deep-copy every result list and walk every token again."""
+    from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
+
+    class NoContext(ContextAwareEnhancer):
+        def __init__(self) -> None:
+            super().__init__(context_similarity_factor=0.0, min_score_with_context_similarity=0.0,
+                             context_prefix_count=0, context_suffix_count=0)
+
+        def enhance_using_context(self, text, raw_results, nlp_artifacts, recognizers, context=None):  # noqa: ANN001
+            return raw_results
+
+    return NoContext()
 
 
 def _noop_engine():
@@ -86,9 +104,11 @@ def _chunks(text: str, size: int) -> list[tuple[int, str]]:
     return out
 
 
-def _resolve(spans: list[dict]) -> list[dict]:
-    """Keep non-overlapping spans: secrets first, then higher score, then longer."""
-    order = sorted(spans, key=lambda s: (s["entity_type"] not in SECRET_ENTITIES, -s["score"], s["start"] - s["end"]))
+def _resolve(spans: list[dict], threshold: float = 0.0) -> list[dict]:
+    """Keep non-overlapping spans: those at or above ``threshold`` first, then secrets, then higher score,
+    then longer; a lower-band span never displaces one the first pass replaces."""
+    order = sorted(spans, key=lambda s: (s["score"] < threshold, s["entity_type"] not in SECRET_ENTITIES,
+                                         -s["score"], s["start"] - s["end"]))
     taken: list[dict] = []
     for s in order:
         if all(s["end"] <= t["start"] or s["start"] >= t["end"] for t in taken):
@@ -96,8 +116,14 @@ def _resolve(spans: list[dict]) -> list[dict]:
     return sorted(taken, key=lambda s: s["start"])
 
 
+def scan_threshold(config: PiiConfig) -> float:
+    """The lowest score analysed: residual_threshold when the residual scan is on."""
+    return config.score_threshold if config.residual == "off" else min(config.score_threshold, config.residual_threshold)
+
+
 def analyze_batch(texts: Sequence[str], config: PiiConfig) -> list[list[dict]]:
-    """Spans per text; raises on a text the analyzer cannot handle (the caller quarantines it)."""
+    """Spans per text down to :func:`scan_threshold` (spans below ``score_threshold`` are the residual band);
+    raises on a text the analyzer cannot handle (the caller quarantines it)."""
     analyzer = get_analyzer(config)
     pieces: list[tuple[int, int, str]] = []  # (text index, offset, chunk)
     for i, t in enumerate(texts):
@@ -106,14 +132,16 @@ def analyze_batch(texts: Sequence[str], config: PiiConfig) -> list[list[dict]]:
         pieces.extend((i, off, c) for off, c in _chunks(t, config.chunk_chars))
     chunks = [p[2] for p in pieces]
     engine = analyzer.nlp_engine
-    if hasattr(engine, "nlp") and engine.nlp:
+    if hasattr(engine, "process_views"):
+        artifacts = list(engine.process_views(chunks, config.batch_size))
+    elif hasattr(engine, "nlp") and engine.nlp:
         artifacts = [a for _, a in engine.process_batch(chunks, "en", batch_size=config.batch_size)]
     else:
         artifacts = [engine.process_text(c, "en") for c in chunks]
     out: list[list[dict]] = [[] for _ in texts]
     entities = list(config.entities)
     for (i, off, chunk), art in zip(pieces, artifacts):
-        results = analyzer.analyze(chunk, "en", entities=entities, score_threshold=config.score_threshold,
+        results = analyzer.analyze(chunk, "en", entities=entities, score_threshold=scan_threshold(config),
                                    nlp_artifacts=art, regex_flags=re.MULTILINE,
                                    allow_list=list(config.allow_list) or None,
                                    allow_list_match=config.allow_list_match)
@@ -121,7 +149,7 @@ def analyze_batch(texts: Sequence[str], config: PiiConfig) -> list[list[dict]]:
             out[i].append({"start": r.start + off, "end": r.end + off, "entity_type": r.entity_type,
                            "score": round(float(r.score), 4)})
     allowed = _allowed(config)
-    return [_resolve(_propagate_names(t, s, allowed=allowed)) for t, s in zip(texts, out)]
+    return [_resolve(_propagate_names(t, s, allowed=allowed), config.score_threshold) for t, s in zip(texts, out)]
 
 
 def _allowed(config: PiiConfig):
@@ -147,7 +175,8 @@ def _propagate_names(text: str, spans: list[dict], *, allowed=lambda value: Fals
         toks = name.split()
         if len(toks) > 1:
             for t in toks:
-                if len(t) > 2 and t[0].isupper() and t.lower() not in _TECH and not allowed(t):
+                if len(t) > 2 and t[0].isupper() and t.lower() not in _TECH and t.lower().strip(".") not in NOT_NAMES \
+                        and not allowed(t):
                     parts.setdefault(t, min(score, 0.7))
     extra = []
     for value, score in parts.items():

@@ -68,3 +68,29 @@ NON_SECRET_KEY_TAIL = (
     r"enabled|required|policy|rotation|days|hours|seconds|minutes|min|max|format|algorithm|alg|scope|scopes|"
     r"hint|label|source|provider|store|backend|mode|strategy|limit|regex|pattern|location|region|index|kind))"
 )
+
+#: sovereign states and common territories (English short names; ambiguous first names such as Chad and Jordan
+#: left out), longest first so "Guinea-Bissau" wins over "Guinea"
+_COUNTRY_NAMES = """
+Afghanistan|Albania|Algeria|Andorra|Angola|Antigua and Barbuda|Argentina|Armenia|Australia|Austria|Azerbaijan|
+Bahamas|Bahrain|Bangladesh|Barbados|Belarus|Belgium|Belize|Benin|Bhutan|Bolivia|Bosnia and Herzegovina|Botswana|
+Brazil|Brunei|Bulgaria|Burkina Faso|Burundi|Cabo Verde|Cape Verde|Cambodia|Cameroon|Canada|Central African Republic|
+Chile|China|Colombia|Comoros|Congo|Costa Rica|Croatia|Cuba|Cyprus|Czechia|Czech Republic|Denmark|Djibouti|Dominica|
+Dominican Republic|Ecuador|Egypt|El Salvador|Equatorial Guinea|Eritrea|Estonia|Eswatini|Ethiopia|Fiji|Finland|
+France|Gabon|Gambia|Germany|Ghana|Greece|Grenada|Guatemala|Guinea-Bissau|Guinea|Guyana|Haiti|Honduras|Hungary|
+Iceland|India|Indonesia|Iran|Iraq|Ireland|Israel|Italy|Ivory Coast|Jamaica|Japan|Kazakhstan|Kenya|Kiribati|Kosovo|
+Kuwait|Kyrgyzstan|Laos|Latvia|Lebanon|Lesotho|Liberia|Libya|Liechtenstein|Lithuania|Luxembourg|Madagascar|Malawi|
+Malaysia|Maldives|Mali|Malta|Marshall Islands|Mauritania|Mauritius|Mexico|Micronesia|Moldova|Monaco|Mongolia|
+Montenegro|Morocco|Mozambique|Myanmar|Namibia|Nauru|Nepal|Netherlands|New Zealand|Nicaragua|Nigeria|Niger|
+North Korea|North Macedonia|Norway|Oman|Pakistan|Palau|Palestine|Panama|Papua New Guinea|Paraguay|Peru|Philippines|
+Poland|Portugal|Qatar|Romania|Russia|Rwanda|Saint Kitts and Nevis|Saint Lucia|Samoa|San Marino|Saudi Arabia|Senegal|
+Serbia|Seychelles|Sierra Leone|Singapore|Slovakia|Slovenia|Solomon Islands|Somalia|South Africa|South Korea|
+South Sudan|Spain|Sri Lanka|Sudan|Suriname|Sweden|Switzerland|Syria|Taiwan|Tajikistan|Tanzania|Thailand|Timor-Leste|
+Togo|Tonga|Trinidad and Tobago|Tunisia|Turkey|Türkiye|Turkmenistan|Tuvalu|Uganda|Ukraine|United Arab Emirates|
+United Kingdom|United States of America|United States|Uruguay|Uzbekistan|Vanuatu|Vatican City|Venezuela|Vietnam|
+Viet Nam|Yemen|Zambia|Zimbabwe|Hong Kong|Macau|Puerto Rico|Greenland|Gibraltar|Bermuda|Faroe Islands|Guam|
+Western Sahara|Scotland|Wales|England|Northern Ireland|Korea|Holland|Kenia|Deutschland|Italia|España|Österreich|
+Schweiz|Suisse|Nederland|Polska|Brasil|México|Perú
+"""
+COUNTRIES = "(?:" + "|".join(sorted((c.strip() for c in _COUNTRY_NAMES.replace("\n", "").split("|") if c.strip()),
+                                     key=len, reverse=True)) + ")"

@@ -115,7 +115,7 @@ MONTH_ANYCASE = r"(?i:jan|feb|mar|apr|may|jun|jul|aug|sep|sept|oct|nov|dec)"
 WEEKDAY = r"(?:Mon|Tue|Tues|Wed|Thu|Thur|Thurs|Fri|Sat|Sun)(?:day|nesday|sday|urday)?\.?"
 DAY = r"(?:0?[1-9]|[12]\d|3[01])"
 _URL_TAIL = r"[^\s<>\"'`)\]}]*[^\s<>\"'`)\]},.;:!?]"
-_AMPM = r"(?:[AaPp]\.?[Mm]\.?)"
+_AMPM = r"(?:[AaPp]\.[Mm]\.|[AaPp][Mm])"
 _PHONE_WORDS = r"phone|tel\b|telephone|call|mobile|cell|fax|contact|reach|sms|whatsapp|dial|callback|number|\bph\b|\bmob\b"
 
 
@@ -128,7 +128,7 @@ def pii_recognizers() -> list[EntityRecognizer]:
         RegexRecognizer("URL", [(r"\b(?:https?|ftp)://" + _URL_TAIL, 0.8), (r"(?<![\w.@/])www\." + _URL_TAIL, 0.8)], validate=_url),
         RegexRecognizer("IP_ADDRESS", [
             (r"\b\d{1,3}(?:\.\d{1,3}){3}\b", 0.85),
-            (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?![\w:])", 0.85),
+            (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){7}[0-9A-Fa-f]{1,4}(?=:\d{1,5}\b|[^\w:]|$)", 0.85),  # may end in :port
             (r"(?<![\w:])(?:[0-9A-Fa-f]{1,4}:){1,6}:(?:[0-9A-Fa-f]{1,4}:){0,5}[0-9A-Fa-f]{1,4}(?![\w:])", 0.8),
         ], validate=lambda v, t, s, e: _ipv4(v, t, s, e) if "." in v else True),
         RegexRecognizer("CREDIT_CARD", [

@@ -2,6 +2,8 @@ import pytest
 
 pytest.importorskip("presidio_analyzer")
 
+from tests.annotate.conftest import client, embedded  # noqa: E402,F401 (the real embedded Argilla server)
+
 
 @pytest.fixture(scope="session")
 def ner_config():
