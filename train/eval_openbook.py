@@ -116,8 +116,7 @@ def retrieve(questions: list[Question], index, k: int) -> None:
 
 def score_answers(questions: list[Question], answers: list[str], *, open_book: bool, fmt: PromptFormat) -> dict[str, Any]:
     """The cell's metrics, each with the number of questions it was computed over (None when there were none)."""
-    from train.domain_eval import keyword_hit
-    from train.evaluate import token_f1
+    from train.answer_metrics import keyword_hit, token_f1
 
     def mean(values: list[float]) -> dict[str, Any]:
         return {"value": sum(values) / len(values) if values else None, "n": len(values)}
@@ -227,11 +226,10 @@ def check_prompt_format(rows: list[dict], fmt: PromptFormat) -> None:
 
 
 def run_four_way(models: Mapping[str, Any], tokenizer, question_sets: Mapping[str, list[Question]], index, *, k: int,
-                 fmt: PromptFormat, max_new_tokens: int, progress=lambda n: None) -> tuple[dict[str, Any], list[dict]]:
-    """``models``: name ('base', 'tuned') -> a callable returning the loaded model. Returns (results per question
+                 fmt: PromptFormat, generate, max_new_tokens: int, progress=lambda n: None) -> tuple[dict[str, Any], list[dict]]:
+    """``models``: name ('base', 'tuned') -> a callable returning the loaded model; ``generate(model, tokenizer,
+    prompts, max_new_tokens=...)`` -> answers (train.evaluate.generate_answers). Returns (results per question
     set, one sample per question and cell)."""
-    from train.evaluate import generate_answers
-
     for qs in question_sets.values():
         retrieve(qs, index, k)
     answers: dict[tuple[str, str, str], list[str]] = {}
@@ -239,8 +237,8 @@ def run_four_way(models: Mapping[str, Any], tokenizer, question_sets: Mapping[st
         model = load()
         for name, qs in question_sets.items():
             for book in ("closed", "open"):
-                answers[(who, name, book)] = generate_answers(model, tokenizer, prompts(qs, open_book=book == "open", fmt=fmt),
-                                                              max_new_tokens=max_new_tokens)
+                answers[(who, name, book)] = generate(model, tokenizer, prompts(qs, open_book=book == "open", fmt=fmt),
+                                                      max_new_tokens=max_new_tokens)
         progress(1)
         del model
     results, samples = {}, []

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import string
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from train.answer_metrics import exact_match, normalize_answer, rouge_l, token_f1  # noqa: F401  (re-exported)
 from train.config import EvalConfig
 from schemas.errors import ConfigError, StageError
 from schemas.io import write_json, write_text
@@ -24,48 +22,6 @@ from train.chat import encode_example, prompt_and_reference
 from train.inputs import find_inputs, load_model, load_tokenizer, model_device, read_examples, torch_setup
 
 METRICS = ("exact_match", "token_f1", "rouge_l")
-
-
-# --- answer metrics (SQuAD-style normalisation) --------------------------------------------------
-
-def normalize_answer(text: str) -> list[str]:
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return text.split()
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(reference))
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    p, r = normalize_answer(prediction), normalize_answer(reference)
-    if not p or not r:
-        return float(p == r)
-    common = sum((Counter(p) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over normalised tokens (longest common subsequence)."""
-    p, r = normalize_answer(prediction), normalize_answer(reference)
-    if not p or not r:
-        return float(p == r)
-    prev = [0] * (len(r) + 1)
-    for a in p:
-        cur = [0]
-        for j, b in enumerate(r):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
 
 
 # --- model evaluation ---------------------------------------------------------------------------
@@ -263,7 +219,7 @@ class EvalStage(Stage[EvalConfig]):
             sets[f"questions {Path(ocfg.questions).name}"] = ob.load_questions(ocfg.questions)[: ocfg.max_questions]
         models = {"base": lambda: load_model(inputs.base_model),
                   "tuned": lambda: load_model(inputs.base_model, adapter=inputs.adapter)}
-        return ob.run_four_way(models, tokenizer, sets, index, k=ocfg.k, fmt=ocfg.prompt_format,
+        return ob.run_four_way(models, tokenizer, sets, index, k=ocfg.k, fmt=ocfg.prompt_format, generate=generate_answers,
                                max_new_tokens=self.config.max_new_tokens, progress=ctx.progress)
 
     def summary(self, stats):
