@@ -43,40 +43,21 @@ class Question:
 
 
 def load_questions(path: str | Path) -> list[Question]:
-    """Questions of a JSON-lines file; a broken line or a line without ``id``/``question`` is an error naming it."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read the question file {path}", received=f"{type(exc).__name__}: {exc}",
-                          fix="pass a UTF-8 JSON-lines file: one {\"id\": ..., \"question\": ...} object per line") from None
-    out, seen = [], set()
-    for no, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path}:{no} is not valid JSON ({exc.msg})", received=line[:200],
-                              fix="one JSON object per line") from None
-        if not isinstance(obj, dict) or not isinstance(obj.get("question"), str) or not obj["question"].strip() \
-                or "id" not in obj:
-            raise ConfigError(f"{path}:{no} needs the fields 'id' and 'question' (a non-empty string)",
-                              received=line[:200], expected='{"id": "q1", "question": "...", "reference": "...", '
-                              '"keywords": [["word", "alt|other"]], "page": "file.html"}', fix="add the missing field")
-        kw = obj.get("keywords")
-        if kw is not None and not (isinstance(kw, list) and all(isinstance(g, list) and all(isinstance(a, str) for a in g)
-                                                                and g for g in kw)):
-            raise ConfigError(f"{path}:{no}: 'keywords' must be a list of keyword groups (lists of strings)",
-                              received=json.dumps(kw)[:200], fix='write e.g. "keywords": [["ROLLBACK"], ["session|connection"]]')
-        qid = str(obj["id"])
-        if qid in seen:
-            raise ConfigError(f"{path}:{no}: question id {qid!r} repeats", received=qid, fix="give every question its own id")
-        seen.add(qid)
-        out.append(Question(qid, obj["question"], obj.get("reference"), kw, obj.get("page") or obj.get("source")))
-    if not out:
-        raise ConfigError(f"the question file {path} has no questions", received="0 non-empty lines",
-                          fix="one JSON object per line with 'id' and 'question'")
+    """Questions of a JSON-lines file, read by the reader ``slmforge ask --questions`` uses (train/answer.py: every
+    broken line named, nothing evaluated for a broken file), with ``reference``, ``keywords``, ``page``/``source``."""
+    from train.answer import read_questions
+
+    out = []
+    for q in read_questions(path, fields=("reference", "keywords", "page", "source")):
+        kw = q.get("keywords")
+        if kw is not None and not (isinstance(kw, list) and all(isinstance(g, list) and g and all(isinstance(a, str) for a in g)
+                                                                for g in kw)):
+            raise ConfigError(f"question file {path}: question {q['id']!r}: 'keywords' must be a list of keyword groups "
+                              "(lists of strings)", received=json.dumps(kw)[:200],
+                              fix='write e.g. "keywords": [["ROLLBACK"], ["session|connection"]]')
+        ref = q.get("reference")
+        out.append(Question(q["id"], q["question"], ref if isinstance(ref, str) else None, kw,
+                            q.get("page") or q.get("source")))
     return out
 
 
