@@ -22,7 +22,7 @@ demo: setup
 	$(VENV)/bin/slmforge run data/recipes/demo.yaml
 
 # Full suite: unit tests, slow tests, the embedded Argilla server, Ray, headless Chromium.
-test: setup system-deps
+test: system-deps setup
 	$(PY) -m pytest -q
 
 # Quick loop while developing: no slow/argilla/ray/browser tests.

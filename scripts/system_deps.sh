@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Debian packages the full test suite needs: redis-server (embedded Argilla), chromium (UI test).
+# Debian packages the full test suite needs: redis-server (embedded Argilla), chromium (UI test), cmake and a C++
+# compiler (llama-cpp-python builds llama.cpp from source once, when no cached wheel exists: scripts/setup.sh).
 set -euo pipefail
-PKGS="redis-server chromium chromium-driver"
+PKGS="redis-server chromium chromium-driver cmake g++ make"
 missing=""
 for p in $PKGS; do dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"; done
 [ -z "$missing" ] && exit 0

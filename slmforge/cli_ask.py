@@ -10,6 +10,8 @@ from typing import Optional
 
 import typer
 
+from slmforge.cli_common import console, out, run_with_errors
+
 BUNDLE_HELP = "Bundle folder (holds bundle.json). Default: the last run's bundle step in --workspace."
 WS_HELP = "Workspace of a run whose recipe ends with a bundle step (used when --bundle is not given)."
 
@@ -42,26 +44,15 @@ def _bundle_path(bundle: Optional[Path], workspace: Optional[Path]) -> Path:
     return workspace_bundle(workspace)
 
 
-def _guard(fn):
-    from schemas.errors import SlmforgeError
-
-    try:
-        return fn()
-    except SlmforgeError as exc:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False)
-        raise typer.Exit(2) from None
-
-
-def _print_answer(console, ans) -> None:
+def _print_answer(to, ans) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    console.print(ans.answer or "[dim](empty answer)[/]", highlight=False)
+    to.print(escape(ans.answer) or "[dim](empty answer)[/]", highlight=False)  # model text is not markup
     if ans.finish_reason == "length":
-        console.print("[dim](stopped at the token limit: --max-tokens)[/]")
+        to.print("[dim](stopped at the token limit: --max-tokens)[/]")
     if ans.closed_book:
-        console.print("[dim]closed-book: no passages retrieved[/]")
+        to.print("[dim]closed-book: no passages retrieved[/]")
         return
     table = Table(title="passages", show_header=True, header_style="bold")
     for col in ("", "cited", "source", "span", "score", "text"):
@@ -69,11 +60,11 @@ def _print_answer(console, ans) -> None:
     for p in ans.passages:
         text = " ".join(p.text.split())
         text = text if len(text) <= 160 else text[:157] + "..."
-        table.add_row(f"[{p.n}]", "yes" if p.n in ans.cited else "", p.source_id, f"{p.span[0]}-{p.span[1]}",
-                      f"{p.score:.3g}", text)
-    console.print(table)
+        table.add_row(escape(f"[{p.n}]"), "yes" if p.n in ans.cited else "", escape(p.source_id),
+                      f"{p.span[0]}-{p.span[1]}", f"{p.score:.3g}", escape(text))
+    to.print(table)
     if ans.passages_dropped:
-        console.print(f"[yellow]{ans.passages_dropped} lower-ranked passage(s) left out: the prompt would not fit n_ctx[/]")
+        to.print(f"[yellow]{ans.passages_dropped} lower-ranked passage(s) left out: the prompt would not fit n_ctx[/]")
 
 
 def register(app: typer.Typer) -> None:
@@ -94,9 +85,6 @@ def register(app: typer.Typer) -> None:
         threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: llama.cpp's)."),
     ) -> None:
         """Answer a question (or a file of them) with citations, from a bundle, through llama.cpp."""
-        from rich.console import Console
-
-        console = Console()
 
         def go():
             from schemas.errors import ConfigError
@@ -110,17 +98,17 @@ def register(app: typer.Typer) -> None:
             reader = open_reader(_bundle_path(bundle, workspace), gguf=gguf, threads=threads)
             try:
                 if rows is None:
-                    _print_answer(console, reader.answer(question, k=k, closed_book=closed_book or not reader.has_index,
+                    _print_answer(out, reader.answer(question, k=k, closed_book=closed_book or not reader.has_index,
                                                          max_tokens=max_tokens))
                     if not reader.has_index and not closed_book:
-                        console.print("[dim]this bundle has no index: answered closed-book[/]")
+                        out.print("[dim]this bundle has no index: answered closed-book[/]")
                     return
                 _answer_file(reader, rows, output, k=k, closed_book=closed_book or not reader.has_index,
-                             max_tokens=max_tokens, console=console)
+                             max_tokens=max_tokens)
             finally:
                 reader.close()
 
-        _guard(go)
+        run_with_errors(go)
 
     @app.command("serve")
     def serve_cmd(
@@ -133,9 +121,6 @@ def register(app: typer.Typer) -> None:
                                                  "$XDG_STATE_HOME/slmforge or ~/.local/state/slmforge)."),
     ) -> None:
         """OpenAI-compatible /v1/chat/completions for a bundle on 127.0.0.1 (Bearer key required)."""
-        from rich.console import Console
-
-        console = Console(stderr=True)
 
         def go():
             from slmforge.serve import api_key, make_server
@@ -163,10 +148,10 @@ def register(app: typer.Typer) -> None:
                 server.server_close()
                 reader.close()
 
-        _guard(go)
+        run_with_errors(go)
 
 
-def _answer_file(reader, rows, output: Path, *, k, closed_book: bool, max_tokens, console) -> None:
+def _answer_file(reader, rows, output: Path, *, k, closed_book: bool, max_tokens) -> None:
     import json
 
     from rich.progress import Progress

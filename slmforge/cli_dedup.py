@@ -34,7 +34,9 @@ def dedup_map(input: Path, output: Path, *, config: Any, workers: int) -> dict[s
                           expected="columns id, text (id int64 or string)", fix="rename the columns or run ingest first")
     table = pq.read_table(input, columns=["id", "text"])
     id_type = table.schema.field("id").type
-    with tempfile.TemporaryDirectory(prefix=".slmforge-dedup-", dir=Path(output).parent) as tmp:
+    from slmforge.workspace import writable_workspace
+
+    with tempfile.TemporaryDirectory(prefix=".slmforge-dedup-", dir=writable_workspace(Path(output).parent)) as tmp:
         src = Path(tmp) / "input.parquet"  # the stages key rows by string ids
         write_parquet(pa.table({"id": table["id"].cast(pa.string()), "text": table["text"]}), src)
         stats = run_step(config, [src], Path(tmp) / "kept.parquet", workers=workers)

@@ -65,7 +65,9 @@ def detect(
     from schemas.io import write_parquet
 
     def go():
-        with tempfile.TemporaryDirectory(prefix=".slmforge-pii-", dir=output.parent) as tmp:
+        from slmforge.workspace import writable_workspace
+
+        with tempfile.TemporaryDirectory(prefix=".slmforge-pii-", dir=writable_workspace(output.parent)) as tmp:
             return _run(_config(mode, "placeholder", threshold, workers, entities), input,
                         Path(tmp) / "scrubbed.parquet", workers)
 

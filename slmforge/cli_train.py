@@ -81,16 +81,16 @@ def register(app: typer.Typer) -> None:
 
     @app.command("export")
     def export_cmd(
-        dataset: Path = typer.Option(..., help="Dataset step folder or Parquet file (held-out prompts)."),
+        dataset: Path = typer.Option(..., help="Dataset step folder or Parquet file (held-out text for verification)."),
         base_model: Path = typer.Option(..., help="base_model step folder or a local Hugging Face model folder."),
         adapter: Path = typer.Option(..., help="train step folder (holding adapter/)."),
         out: Path = typer.Option(..., help="Output folder: GGUF files, Modelfile, README.md model card, merged/."),
         eval_dir: Optional[Path] = typer.Option(None, "--eval", help="eval step folder; its results go into the card."),
-        quant: Optional[list[str]] = typer.Option(None, help="F16, Q8_0, Q4_0 (repeatable; default all three)."),
+        quant: Optional[list[str]] = typer.Option(None, help="F16, Q8_0, Q6_K, Q5_K_M, Q4_K_M, Q4_0 (repeatable; default F16, Q8_0, Q4_K_M)."),
         model_name: Optional[str] = typer.Option(None, help="Name for files and Ollama (default slmforge-model)."),
         set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     ) -> None:
-        """Merge the adapter, write verified GGUF files and an Ollama Modelfile."""
+        """Merge the adapter, write GGUF files (llama.cpp quantises), verify each in llama.cpp, write an Ollama Modelfile."""
         fields = {"quantizations": quant or None, "model_name": model_name, **parse_sets(set_)}
         if quant and "ollama_quantization" not in fields:
             fields["ollama_quantization"] = "Q8_0" if "Q8_0" in quant else quant[0]

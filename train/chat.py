@@ -1,5 +1,5 @@
 """One chat template, everywhere: tokenizer building, rendering with an assistant mask, the
-end-of-turn check and the parity gate between the training tokenizer and an exported one.
+end-of-turn check, and the probe conversations every tokenizer check renders (train/verify.py: in llama.cpp).
 
 The template wraps each assistant turn *and its end-of-turn token* in ``{% generation %}``
 markers, so ``apply_chat_template(..., return_assistant_tokens_mask=True)`` marks exactly the
@@ -52,7 +52,7 @@ GEMMA_SPECIAL_TOKENS = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>", "<start_of
 _GENERATION_TAG = re.compile(r"\{%-?\s*(end)?generation\s*-?%\}")
 
 #: conversations with awkward text (unicode, digits, whitespace runs, template-like braces) that
-#: every parity check renders besides held-out rows
+#: conversations the tokenizer check in llama.cpp (train/verify.py) renders besides held-out rows
 PARITY_PROBES: list[list[dict[str, str]]] = [
     [{"role": "user", "content": "Hello!"}, {"role": "assistant", "content": "Hi, how can I help?"}],
     [
@@ -178,35 +178,6 @@ def check_end_of_turn_trained(encoded: Sequence[dict[str, Any]], *, eot_id: int,
                 fix="move the end-of-turn token inside {% generation %}...{% endgeneration %} in the chat template",
             )
     return checked
-
-
-def parity_gate(reference: Any, candidate: Any, conversations: Sequence[Sequence[dict[str, str]]], *,
-                where: str) -> dict[str, Any]:
-    """Render every conversation (with and without a generation prompt) through both tokenizers.
-
-    Raises :class:`StageError` on the first token difference; returns counts for the model card.
-    """
-    convs = [list(c) for c in conversations] + [list(c) for c in PARITY_PROBES]
-    checked = 0
-    for conv in convs:
-        variants = [(conv, False)]
-        if conv and conv[-1]["role"] == "assistant":
-            variants.append((conv[:-1], True))
-        for msgs, gen in variants:
-            a = list(reference.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen,
-                                                   return_dict=True)["input_ids"])
-            b = list(candidate.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen,
-                                                   return_dict=True)["input_ids"])
-            checked += 1
-            if a != b:
-                at = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-                raise StageError(
-                    f"{where}: chat-template parity failed — the exported tokenizer renders a conversation differently",
-                    received=f"exported tokens from position {at}: {candidate.convert_ids_to_tokens(b[at:at + 8])}",
-                    expected=f"training tokens from position {at}: {reference.convert_ids_to_tokens(a[at:at + 8])}",
-                    fix="export the training tokenizer's template and vocabulary unchanged (see docs/train.md)",
-                )
-    return {"conversations": len(convs), "renderings": checked, "differences": 0}
 
 
 def prompt_and_reference(messages: Sequence[dict[str, str]]) -> tuple[list[dict[str, str]], str] | None:

@@ -15,7 +15,7 @@ from schemas.errors import ConfigError
 from schemas.prompt_format import PromptFormat
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-QUANTS = ("F16", "Q8_0", "Q4_0")
+QUANTS = ("F16", "Q8_0", "Q4_K_M")  # the default files of the export stage
 
 
 class DatasetConfig(StageConfig):
@@ -200,72 +200,96 @@ class EvalConfig(StageConfig):
     )
 
 
-class ExportConfig(StageConfig):
-    """Merge the adapter, write GGUF files + an Ollama Modelfile, and verify every file.
+class KLDGate(Strict):
+    """Thresholds one GGUF file must meet against the merged model over the held-out text (llama.cpp's
+    ``perplexity --kl-divergence`` statistics, measured in llama.cpp)."""
 
-    Inputs: ``dataset`` (held-out prompts; its train split calibrates the Q4_0 rounding), ``base_model``
-    and ``train``; optionally ``eval`` (its results go into the model card). A failing parity gate or
-    verification fails the stage.
+    max_kld_mean: float = Field(..., ge=0, description="Highest mean KL divergence per token (nats), >= 0.")
+    max_kld_p99: float = Field(..., ge=0, description="Highest 99th percentile of the per-token KL divergence (nats), >= 0.")
+    min_top1: float = Field(..., ge=0, le=1, description="Lowest top-1 agreement with the merged model, 0-1 (llama.cpp's 'same top p').")
+    max_ppl_ratio: float = Field(..., ge=1, description="Highest perplexity ratio PPL(file) / PPL(merged model), >= 1.")
+
+
+#: Default gates. Bars: llama.cpp's published Llama-3-8B figures (Q8_0 KLD 0.0014 / top-1 97.7 %, Q6_K 0.0055 /
+#: 96.0 %, Q5_K_M 0.0108, Q4_K_M 0.031 / 91.9 %, Q4_0 0.072) with a margin for small models, which lose more
+#: to the same rounding; a damaged file (a scaled tensor, a missing BOS) is far beyond them (docs/train.md).
+DEFAULT_GATES: dict[str, dict[str, float]] = {
+    "F16": {"max_kld_mean": 1e-3, "max_kld_p99": 1e-2, "min_top1": 0.99, "max_ppl_ratio": 1.01},
+    "Q8_0": {"max_kld_mean": 0.01, "max_kld_p99": 0.1, "min_top1": 0.95, "max_ppl_ratio": 1.02},
+    "Q6_K": {"max_kld_mean": 0.03, "max_kld_p99": 0.3, "min_top1": 0.92, "max_ppl_ratio": 1.05},
+    "Q5_K_M": {"max_kld_mean": 0.05, "max_kld_p99": 0.5, "min_top1": 0.90, "max_ppl_ratio": 1.08},
+    "Q4_K_M": {"max_kld_mean": 0.1, "max_kld_p99": 1.0, "min_top1": 0.85, "max_ppl_ratio": 1.15},
+    "Q4_0": {"max_kld_mean": 0.2, "max_kld_p99": 2.0, "min_top1": 0.80, "max_ppl_ratio": 1.3},
+}
+
+Quant = Literal["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"]
+
+
+class ExportConfig(StageConfig):
+    """Merge the adapter, write the F16 GGUF, quantise it with llama.cpp, and verify every file in llama.cpp.
+
+    Inputs: ``dataset`` (held-out text for verification; its train split for the optional importance
+    matrix), ``base_model`` and ``train``; optionally ``eval`` (its results go into the model card). A file
+    that fails its tokenizer check or its KL-divergence gate fails the stage (after the model card is written).
     """
 
     stage: Literal["export"] = "export"
-    quantizations: list[Literal["F16", "Q8_0", "Q4_0"]] = Field(
-        list(QUANTS), min_length=1, description="GGUF files to write (numpy quantisers of the gguf package)."
+    quantizations: list[Quant] = Field(
+        list(QUANTS), min_length=1,
+        description="GGUF files to write, <model_name>-<TYPE>.gguf. F16 is written by slmforge; the others by "
+        "llama.cpp's quantiser from it (the F16 file is kept only when listed).",
     )
     model_name: str = Field("slmforge-model", pattern=r"^[a-z0-9][a-z0-9._-]*$",
                             description="Name used in file names, the model card and the Ollama Modelfile.")
-    ollama_quantization: Literal["F16", "Q8_0", "Q4_0"] = Field("Q8_0", description="GGUF file the Modelfile points to.")
+    ollama_quantization: Quant = Field("Q8_0", description="GGUF file the Modelfile points to.")
     system_prompt: str | None = Field(None, description="Optional SYSTEM line of the Ollama Modelfile.")
-    verify_prompts: int = Field(64, ge=1, le=10_000,
-                                description="Held-out conversations compared between the merged model and each GGUF.")
-    verify_on: Literal["prompt_end", "answer"] = Field(
-        "prompt_end",
-        description="Which top-1 agreement is gated. prompt_end: the next-token prediction right after each held-out "
-        "prompt (one position per conversation). answer: every answer position, the answer teacher-forced (hundreds "
-        "to thousands of positions; stricter: it includes every low-margin token of the answer). Both are reported.",
+    verify_tokens: int = Field(
+        4096, ge=64, le=10_000_000,
+        description="Held-out tokens (test split, else validation; whole conversations by id until this many) over "
+        "which every file's logits are compared with the merged model's. Fewer when the split holds fewer.",
     )
-    min_top1: dict[str, float] = Field(
-        {"F16": 1.0, "Q8_0": 1.0, "Q4_0": 0.97},
-        description="Minimum top-1 agreement (0-1) with the merged model per file, on the positions 'verify_on' names, "
-        "tie-aware (see tie_tolerance; the strict number is reported too). How far a file can agree depends on the "
-        "model as much as on the file: a flat model has many near-equal top-2 logits that 4-bit rounding reorders "
-        "(see docs/train.md, 'Verify'). It is a proportion of a sample: one flip costs 1/n, so below 34 held-out "
-        "prompts a 0.97 gate allows none; the card and export.json give each figure's 95 % interval.",
+    verify_max_length: int = Field(1024, ge=16, le=131_072,
+                                   description="Tokens per held-out conversation in the comparison (longer ones are cut).")
+    gates: dict[Quant, KLDGate] = Field(
+        {k: KLDGate(**v) for k, v in DEFAULT_GATES.items()},
+        description="Per file type: max mean KLD, max 99th-percentile KLD, min top-1 agreement, max perplexity ratio "
+        "against the merged model. Types not given keep their default gate.",
     )
-    tie_tolerance: float = Field(
-        0.1, ge=0, le=10,
-        description="Logits: when the merged model rates the GGUF's pick within this of its own best logit (a near-tie "
-        "of the merged model itself), the pick counts as agreeing in the gated number. 0 = strict.",
+    tokenizer_samples: int = Field(
+        32, ge=1, le=100_000,
+        description="Held-out conversations whose rendering (full and prompt-only) and message texts must tokenize "
+        "to the training ids in llama.cpp (BOS exactly once).",
     )
-    parity_samples: int = Field(16, ge=1, le=10_000, description="Conversations rendered for the chat-template parity gate.")
+    generation_checks: int = Field(
+        16, ge=0, le=10_000,
+        description="Held-out conversations fed to the F16 file in llama.cpp up to the end of their last answer; where "
+        "the merged model's greedy next token is the template's end-of-turn token, llama.cpp's greedy generation "
+        "must end on it. 0 = none.")
+    generation_max_tokens: int = Field(8, ge=1, le=4096,
+                                       description="Tokens llama.cpp may generate in that check before it counts as not stopping.")
+    imatrix: bool = Field(
+        False,
+        description="Compute llama.cpp's importance matrix from the dataset's train split in llama.cpp (written as "
+        "<model_name>.imatrix.gguf) and quantise with it.",
+    )
+    imatrix_rows: int = Field(128, ge=1, le=100_000, description="Train-split conversations (first by id) for the importance matrix.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto",
+        description="dtype of the merged model (and of the reference logits the files are compared with). auto: bf16 "
+        "on CUDA with bf16 support, else fp32 (a 16-bit reference's own rounding counts against every file).",
+    )
     logits_memory_mb: int = Field(
         1024, ge=0, le=1_000_000,
-        description="Memory for the merged model's held-out logits, kept between the files' comparisons; conversations "
-        "beyond it are run through the merged model again for each file (slower, same result). Logits take tokens x "
-        "vocabulary x 4 bytes: 64 conversations of 150 tokens are 39 MB with a 1k vocabulary, 10 GB with Gemma's 262k.",
+        description="Memory for the adapter-applied model's logits kept for the merge check (merged vs adapter-applied, "
+        "on the held-out conversations that fit, at least one).",
     )
-    q4_calibration: Literal["gptq", "none"] = Field(
-        "gptq",
-        description="How the Q4_0 file's decoder-layer weights are rounded (the format is the same either way). "
-        "gptq: GPTQ on activations of the dataset's train split (never the held-out rows verification uses): "
-        "each rounding error is compensated by the weights not yet rounded, and each layer is corrected for the "
-        "rounding of the layers before it (train/q4_calibrate.py). none: each weight rounded to the nearest "
-        "value of its block's scale.",
-    )
-    calibration_rows: int = Field(
-        128, ge=1, le=100_000,
-        description="gptq: train-split conversations (the first by id) whose activations calibrate the Q4_0 file. "
-        "Time grows with their tokens: 128 rows of Gemma-3-270M (9,301 tokens) took 160 s on 2 CPU threads.",
-    )
-    calibration_max_length: int = Field(512, ge=16, le=131_072,
-                                        description="gptq: tokens per calibration conversation (longer ones are cut).")
-    calibration_damp: float = Field(
-        0.01, gt=0, le=1,
-        description="gptq: damping added to the diagonal of each layer's input second moment XᵀX, as a fraction of its "
-        "mean diagonal (GPTQ's 'percdamp'); larger keeps the weights closer to round-to-nearest.",
+    verify_group_mb: int = runtime(
+        8192, ge=1, le=10_000_000,
+        description="GGUF files compared side by side share one pass of the merged model; files are grouped so a "
+        "group's sizes sum to at most this (MiB); each further group costs one more pass.",
     )
     keep_merged: bool = Field(True, description="Also write the merged Hugging Face model (safetensors) to merged/.")
-    threads: int | None = runtime(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+    threads: int | None = runtime(None, ge=1, le=512, description="torch and llama.cpp CPU threads (None: all cores).")
 
     @model_validator(mode="after")
     def _ollama_file_exported(self) -> ExportConfig:
@@ -273,4 +297,5 @@ class ExportConfig(StageConfig):
             raise ConfigError("export: ollama_quantization must be one of the exported quantizations",
                               received=self.ollama_quantization, expected=self.quantizations,
                               fix="add it to 'quantizations:' or pick one of them for 'ollama_quantization:'")
+        self.gates = {**{k: KLDGate(**v) for k, v in DEFAULT_GATES.items()}, **self.gates}
         return self

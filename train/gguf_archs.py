@@ -133,6 +133,10 @@ def _llama_tensor(name: str, data: np.ndarray, config: Any) -> np.ndarray:
     return data
 
 
+def _not_qk(name: str) -> bool:
+    return not name.endswith(("self_attn.q_proj.weight", "self_attn.k_proj.weight"))
+
+
 def _identity_tensor(name: str, data: np.ndarray, config: Any) -> np.ndarray:
     return data
 
@@ -243,12 +247,15 @@ class Arch:
     write_kv: Callable[[Any, Any], None]
     transform: Callable[[str, np.ndarray, Any], np.ndarray]
     extra: Callable[[Any], Iterator[tuple[str, np.ndarray]]] = _no_extra
+    #: whether ``transform`` of a block of rows is that block of the transformed tensor (so big tensors can be
+    #: converted a block of rows at a time); False for Llama's q/k, whose rows are permuted across heads
+    row_local: Callable[[str], bool] = lambda name: True
 
 
 #: Hugging Face model_type -> how it is written
 ARCHITECTURES: dict[str, Arch] = {
-    "llama": Arch("LLAMA", _llama_kv, _llama_tensor, _llama_extra),
-    "mistral": Arch("LLAMA", _llama_kv, _llama_tensor, _llama_extra),
+    "llama": Arch("LLAMA", _llama_kv, _llama_tensor, _llama_extra, _not_qk),
+    "mistral": Arch("LLAMA", _llama_kv, _llama_tensor, _llama_extra, _not_qk),
     "qwen2": Arch("QWEN2", _qwen_kv("qwen2"), _identity_tensor),
     "qwen3": Arch("QWEN3", _qwen_kv("qwen3"), _identity_tensor),
     "gemma2": Arch("GEMMA2", _gemma2_kv, _gemma_tensor),

@@ -199,10 +199,12 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         for new, data in extra:
-            w.write_tensor_data(data)
+            _write_data(w, [data], data.nbytes)
             counts["F32"] = counts.get("F32", 0) + 1
-        for data, qtype in _stream(model, plan, config, arch, quant=quant, q4_0_weights=q4_0_weights):
-            w.write_tensor_data(data)
+        state = model.state_dict()  # references to the model's tensors, no copy
+        for hf_name, new, shape, qtype in plan:
+            _write_data(w, _converted(state, hf_name, qtype, config, arch, q4_0_weights=q4_0_weights),
+                        tensor_nbytes(shape, qtype))
             counts[qtype.name] = counts.get(qtype.name, 0) + 1
         w.close()
     ctx, ctx_note = context_length(config) if arch.gguf in ("LLAMA", "PHI3") else (config.max_position_embeddings, None)
@@ -210,15 +212,36 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
             "context_length": ctx, **({"context_length_note": ctx_note} if ctx_note else {}), **tok}
 
 
-def _stream(model: Any, plan, config: Any, arch, *, quant: str,
-            q4_0_weights: Mapping[str, np.ndarray] | None) -> Iterator[tuple[np.ndarray, Any]]:
-    """Each planned tensor converted, one at a time (float32 only for the tensor being converted)."""
+#: float32 values converted at a time (64 MB): a 128k x 4096 embedding is written in 32 blocks of rows
+BLOCK_VALUES = 1 << 24
+
+
+def _converted(state: Mapping[str, Any], hf_name: str, qtype: Any, config: Any, arch, *,
+               q4_0_weights: Mapping[str, np.ndarray] | None) -> Iterator[np.ndarray]:
+    """One tensor in the file's encoding, a block of rows at a time where the architecture's transform allows;
+    float32 exists only for the block being converted."""
     import gguf
 
-    state = model.state_dict()
-    for hf_name, new, shape, qtype in plan:
-        if quant == "Q4_0" and q4_0_weights and hf_name in q4_0_weights and qtype == gguf.GGMLQuantizationType.Q4_0:
-            yield arch.transform(hf_name, q4_0_weights[hf_name], config), qtype
-            continue
-        data = arch.transform(hf_name, state[hf_name].detach().cpu().float().numpy(), config)
-        yield encode_tensor(data, qtype), qtype
+    if q4_0_weights and hf_name in q4_0_weights and qtype == gguf.GGMLQuantizationType.Q4_0:
+        yield arch.transform(hf_name, q4_0_weights[hf_name], config)
+        return
+    tensor = state[hf_name].detach()
+    rows = tensor.shape[0]
+    step = max(1, BLOCK_VALUES // tensor.shape[1]) if tensor.ndim == 2 and arch.row_local(hf_name) else rows
+    for start in range(0, rows, step):
+        block = tensor[start:start + step].cpu().float().numpy()
+        yield encode_tensor(arch.transform(hf_name, block, config), qtype)
+
+
+def _write_data(w, pieces, nbytes: int) -> None:
+    """One tensor's data, written piece by piece at the next aligned offset (what ``GGUFWriter.write_tensor_data``
+    does for a whole array)."""
+    fout = w.fout[0]
+    w.write_padding(fout, fout.tell())
+    written = 0
+    for piece in pieces:
+        piece.tofile(fout)
+        written += piece.nbytes
+    if written != nbytes:
+        raise RuntimeError(f"GGUF export wrote {written} bytes for a tensor declared with {nbytes}")
+    w.write_padding(fout, written)

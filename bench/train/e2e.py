@@ -3,7 +3,7 @@
 Examples are cloze questions made from the sample runbooks (one per sentence, grouped by runbook), so
 the numbers are reproducible offline. Usage (2 torch threads, as on a 2-core laptop):
 
-    .venv/bin/python bench/train/e2e.py /tmp/e2e   # demo sizes: tiny 128-dim Llama, 600 LoRA steps
+    .venv/bin/python bench/train/e2e.py /tmp/e2e   # demo sizes: tiny 128-dim Llama, 600 LoRA steps, all six GGUF types
 
 Other text (``--corpus DIR`` with ``.md``/``.txt`` files, ``--skip-docs``/``--max-docs`` for a slice)
 checks that the figures are not a property of the runbooks, e.g. the PostgreSQL SQL-command pages
@@ -62,11 +62,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=25)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--max-steps", type=int, default=600)
-    ap.add_argument("--q4-min", type=float, default=0.97, help="min_top1 of the Q4_0 file")
     ap.add_argument("--pretrain-steps", type=int, default=150, help="pretraining steps of the tiny base model")
-    ap.add_argument("--tie-tolerance", type=float, default=0.1, help="tie_tolerance of the export step")
-    ap.add_argument("--verify-on", choices=["prompt_end", "answer"], default="prompt_end", help="verify_on of the export step")
-    ap.add_argument("--q4-calibration", choices=["gptq", "none"], default="gptq", help="q4_calibration of the export step")
+    ap.add_argument("--quants", default="F16,Q8_0,Q6_K,Q5_K_M,Q4_K_M,Q4_0", help="quantizations of the export step")
     ap.add_argument("--corpus", type=Path, default=ROOT / "data/sample/runbooks",
                     help="folder of .md/.txt files the cloze examples are made from (default: the sample runbooks)")
     ap.add_argument("--max-docs", type=int, default=0, help="use at most this many files of --corpus (0: all)")
@@ -89,9 +86,7 @@ def main() -> None:
         {"stage": "eval", "inputs": ["dataset", "base_model", "train"], "max_examples": 32, "max_new_tokens": 32,
          "threads": 2},
         {"stage": "export", "inputs": ["dataset", "base_model", "train", "eval"], "model_name": "demo-tiny",
-         "min_top1": {"F16": 1.0, "Q8_0": 1.0, "Q4_0": args.q4_min}, "tie_tolerance": args.tie_tolerance,
-         "verify_on": args.verify_on, "q4_calibration": args.q4_calibration,
-         "threads": 2},
+         "quantizations": args.quants.split(","), "threads": 2},
     ]
     docs_step = Step(name="docs", config=parse_stage({"stage": "dataset"}, where="bench"), stage=None, inputs=[])
     docs_step.dir = ws / "docs"
@@ -116,14 +111,12 @@ def main() -> None:
                                                               if not isinstance(v, (dict, list))})[:400])
     print("total", round(time.perf_counter() - t_all, 1), "s", timings)
     export = json.loads(next(by_name["export"].dir.rglob("export.json")).read_text())
-    print("file | positions | strict | tie-aware | prompt-end strict/tie-aware (n) [95 % interval] | max abs diff | merged p(top-1)")
+    print(f"{export['verify_tokens']} held-out positions; merged-model perplexity {export['files'][0]['verify']['ppl_reference']:.3f}")
+    print("file | bits/weight | KLD mean | KLD p99 | top-1 | PPL ratio | gate")
     for f in export["files"]:
         v = f["verify"]
-        print(f"{f['file']} | {v['positions']} | {v['answer_top1_agreement']:.4f} | {v['answer_top1_agreement_tie_aware']:.4f} | "
-              f"{v['prompt_end_top1_agreement']:.3f}/{v['prompt_end_top1_agreement_tie_aware']:.3f} ({v['prompts']}) "
-              f"[{v['prompt_end_tie_aware_ci95'][0]:.3f}-{v['prompt_end_tie_aware_ci95'][1]:.3f}] | "
-              f"{v['max_abs_logit_diff']:.3f} | {v['reference_median_top1_prob']:.3f} | {'PASS' if f['passed'] else 'FAIL'}")
-
+        print(f"{f['file']} | {f['bits_per_weight']:.2f} | {v['kld_mean']:.6f} | {v['kld_p99']:.5f} | {v['top1']:.4f} | "
+              f"{v['ppl_ratio']:.4f} | {'PASS' if f['passed'] else 'FAIL'}")
 
 if __name__ == "__main__":
     main()

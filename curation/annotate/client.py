@@ -17,6 +17,15 @@ from schemas.errors import ConfigError, StageError, require
 QUESTIONS = ("decision", "rating", "correction")
 
 
+def target_url(api_url: str | None = None) -> str:
+    """The Argilla URL the annotate stages talk to (no network): the config's, ARGILLA_API_URL, or the embedded one."""
+    if api_url or os.environ.get("ARGILLA_API_URL"):
+        return str(api_url or os.environ["ARGILLA_API_URL"])
+    from curation.annotate.embedded import Embedded
+
+    return Embedded.from_env().url
+
+
 def connect(*, api_url: str | None = None, api_key: str | None = None):
     """An ``rg.Argilla`` client; fails fast with the fix when no server is configured or reachable."""
     require("argilla", extra="annotate", purpose="pushing to and pulling from Argilla review queues")
@@ -85,8 +94,10 @@ def push(client, queue_rows: pa.Table, *, queue: str, rule_column: str | None, t
     """Upsert rows into ``queue`` (record id = our id, so a second push updates instead of duplicating)."""
     import argilla as rg
 
-    if text_column not in queue_rows.column_names:
-        raise ConfigError(f"text_column {text_column!r} is not a column of the routed rows: {queue_rows.column_names}")
+    missing = [c for c in [text_column, *metadata_columns] if c not in queue_rows.column_names]
+    if missing:
+        raise ConfigError(f"annotate: column(s) {missing} are not columns of the routed rows",
+                          received=queue_rows.column_names, fix="fix text_column / metadata_columns")
     meta_cols = [c for c in dict.fromkeys([*metadata_columns, *([rule_column] if rule_column else [])])
                  if c in queue_rows.column_names and c != text_column]
     schema = queue_rows.schema
@@ -111,10 +122,11 @@ def push(client, queue_rows: pa.Table, *, queue: str, rule_column: str | None, t
 
 def pull(client, queue: str, *, workspace: str) -> list[dict[str, Any]]:
     """Submitted answers of ``queue``: one dict per (record, user, question)."""
-    dataset = client.datasets(name=queue, workspace=workspace)
+    dataset = client.datasets(name=queue, workspace=workspace) if queue in queue_names(client, workspace=workspace) \
+        else None
     if dataset is None:
         raise StageError(f"queue {queue!r} does not exist in workspace {workspace!r}; push to it first "
-                         "(`slmforge annotate push`).")
+                         "(`slmforge annotate push`, or an `annotate` step before this one).")
     users = {str(u.id): u.username for u in client.users}
     out = []
     for record in dataset.records(with_responses=True):
@@ -126,6 +138,22 @@ def pull(client, queue: str, *, workspace: str) -> list[dict[str, Any]]:
             out.append({"id": record.id, "queue": queue, "user": users.get(uid, uid),
                         "question": response.question_name, "value": json.dumps(response.value)})
     return out
+
+
+def queue_names(client, *, workspace: str) -> set[str]:
+    """Names of the queues (datasets) in ``workspace``; empty when the workspace does not exist yet."""
+    ws = client.workspaces(workspace)
+    return {d.name for d in ws.datasets} if ws is not None else set()
+
+
+def require_queues(client, queues: list[str], *, workspace: str) -> None:
+    """Raise the fix when a queue does not exist (a typo in ``queues:``, or nothing pushed to it yet)."""
+    names = queue_names(client, workspace=workspace)
+    missing = [q for q in queues if q not in names]
+    if missing:
+        raise StageError(f"queue(s) {missing} do not exist in workspace {workspace!r}",
+                         received=sorted(names), fix="push to them first (`slmforge annotate push`, or an `annotate` "
+                         "step before this one), or fix the names in 'queues:'")
 
 
 def progress(client, *, workspace: str) -> list[dict[str, Any]]:

@@ -1,24 +1,72 @@
-"""Annotate stages: route + push rows to review queues; merge submitted answers back with lineage."""
+"""Annotate stages: route + push rows to review queues; merge submitted answers back with lineage.
+
+Both read an outside system, so what decides whether their cached output is fresh includes its state
+(``fingerprint_extra``, computed when the recipe is planned): the push names the server it pushes to;
+the merge carries a digest of the submitted answers, so a re-run after reviewers answered more merges
+them (and re-runs what depends on the merged rows), while a re-run with no new answers is cached.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
+from curation.annotate.config import AnnotateConfig, AnnotateMergeConfig
 from curation.annotate.merge import agreement, answers_table, merge
 from curation.annotate.routing import route
-from curation.annotate.config import AnnotateConfig, AnnotateMergeConfig
+from schemas.errors import SchemaError, SlmforgeError, StageError
+from schemas.fingerprint import canonical_json
 from schemas.io import read_parquet, read_parquet_dir, write_json, write_parquet
 from schemas.stage import ShardResult, Stage, StageContext
+
+
+def _primary_columns(inputs: Mapping[str, Mapping[str, pa.DataType]]) -> tuple[str, list[str]] | None:
+    """(name, columns) of the primary input, or None when it makes files (columns unknown)."""
+    if not inputs:
+        return None
+    name, cols = next(iter(inputs.items()))
+    return (name, list(cols)) if cols else None
+
+
+def _require_columns(step: str, what: dict[str, str], inputs: Mapping[str, Mapping[str, pa.DataType]]) -> None:
+    primary = _primary_columns(inputs)
+    if primary is None:
+        return
+    name, cols = primary
+    missing = {k: c for k, c in what.items()
+               if c not in cols and not (c.startswith("meta.") and "meta" in cols)}
+    if missing:
+        raise SchemaError(
+            f"step '{step}' reads column(s) that '{name}' does not produce: "
+            + ", ".join(f"{k} -> {c!r}" for k, c in missing.items()),
+            received=", ".join(cols), expected="columns of the input (a key of the JSON 'meta' column as 'meta.<key>')",
+            fix="use a column listed above, or put the stage that makes it (e.g. 'score' for q_* columns, "
+                "'near_dedup' for cluster_id) before this step")
 
 
 class AnnotateStage(Stage[AnnotateConfig]):
     """Artifact stage: routes the primary input's rows into queues and pushes them (idempotent upsert)."""
 
     kind = "artifact"
+
+    def check(self, inputs: Mapping[str, Mapping[str, pa.DataType]]) -> None:
+        c = self.config
+        what = {"text_column": c.text_column, **{f"metadata_columns[{i}]": m for i, m in enumerate(c.metadata_columns)}}
+        for i, rule in enumerate(c.rules):
+            what[f"rules[{i}].column"] = rule.column
+            if rule.group_column:
+                what[f"rules[{i}].group_column"] = rule.group_column
+        _require_columns(c.step_name, what, inputs)
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        from curation.annotate.client import target_url
+
+        return {"target": target_url(self.config.api_url)}
 
     def route(self, table: pa.Table) -> dict[str, pa.Table]:
         return route(table, self.config.rules, max_per_queue=self.config.max_per_queue)
@@ -44,22 +92,66 @@ class AnnotateStage(Stage[AnnotateConfig]):
         return {"rows": len(table), "routed": routed.num_rows, **{f"queue:{q}": n for q, n in pushed.items()}}
 
 
+def answers_digest(answers: pa.Table) -> str:
+    """sha256 of the submitted answers (sorted rows): changes when any answer is added, changed or withdrawn."""
+    return hashlib.sha256(canonical_json(answers.to_pylist()).encode()).hexdigest()[:16]
+
+
 class AnnotateMergeStage(Stage[AnnotateMergeConfig]):
-    """Global stage: pulls submitted answers once (prepare), then merges them into every shard."""
+    """Global stage: the answers pulled when the recipe is planned (their digest is in the fingerprint) are
+    merged into every shard."""
 
     kind = "global"
 
-    def pull(self, *, client=None) -> pa.Table:
+    def __init__(self, config: AnnotateMergeConfig) -> None:
+        super().__init__(config)
+        self._answers: pa.Table | None = None  # pulled when the recipe is planned
+        self._missing: list[str] = []  # queues that did not exist then (this recipe's push may create them)
+        self._pull_error: SlmforgeError | None = None
+
+    def check(self, inputs: Mapping[str, Mapping[str, pa.DataType]]) -> None:
+        _require_columns(self.config.step_name, {"text_column": self.config.text_column, "id": "id"}, inputs)
+
+    def pull(self, *, client=None, queues: list[str] | None = None) -> pa.Table:
+        """The submitted answers of ``queues`` (default: every configured queue; each must exist)."""
         from curation.annotate.client import connect, pull
 
         client = client or connect(api_url=self.config.api_url)
-        rows = [a for q in self.config.queues for a in pull(client, q, workspace=self.config.workspace)]
-        return answers_table(rows)
+        return answers_table([a for q in (self.config.queues if queues is None else queues)
+                              for a in pull(client, q, workspace=self.config.workspace)])
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        """The state of the review queues: a digest of their submitted answers, pulled now (plan time).
+
+        A queue that does not exist yet (this recipe's push creates it later) counts as no answers; a server
+        that cannot be reached gives a fingerprint under which the step fails when it runs (planning itself
+        works offline)."""
+        from curation.annotate.client import connect, queue_names
+
+        try:
+            client = connect(api_url=self.config.api_url)
+            names = queue_names(client, workspace=self.config.workspace)
+            self._missing = [q for q in self.config.queues if q not in names]
+            self._answers = self.pull(client=client, queues=[q for q in self.config.queues if q in names])
+        except Exception as exc:  # noqa: BLE001 - the SDK raises several types; the step fails when it runs
+            err = exc if isinstance(exc, SlmforgeError) else StageError(
+                f"annotate_merge: cannot read the review queues {self.config.queues}: {type(exc).__name__}: {exc}",
+                fix="check that the Argilla server is running and ARGILLA_API_URL/ARGILLA_API_KEY are right")
+            self._answers, self._pull_error = None, err
+            return {"answers": f"unavailable: {type(exc).__name__}"}
+        return {"answers": answers_digest(self._answers), "n_answers": self._answers.num_rows}
 
     def prepare(self, shards: list[Path], ctx: StageContext) -> None:
-        answers = self.pull()
-        write_parquet(answers, Path(ctx.work_dir) / "answers.parquet")
-        write_json(agreement(answers), Path(ctx.work_dir) / "agreement.json")
+        if self._pull_error is not None:
+            raise self._pull_error
+        if self._answers is None:  # run without planning (a direct call): pull now
+            self._answers = self.pull()
+        elif self._missing:  # planned before this recipe's push ran: now the queues must exist
+            from curation.annotate.client import connect, require_queues
+
+            require_queues(connect(api_url=self.config.api_url), self._missing, workspace=self.config.workspace)
+        write_parquet(self._answers, Path(ctx.work_dir) / "answers.parquet")
+        write_json(agreement(self._answers), Path(ctx.work_dir) / "agreement.json")
 
     def merge(self, table: pa.Table, answers: pa.Table) -> ShardResult:
         kept, dec, counters = merge(table, answers, text_column=self.config.text_column, stage=self.config.step_name,

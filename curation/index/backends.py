@@ -105,7 +105,14 @@ class DenseBackend:
         return self
 
     def scores(self, query: str) -> np.ndarray:
-        return self._emb @ self._encode([query])[0]
+        return self.scores_many([query])[0]
+
+    def scores_many(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """Cosine similarity of every chunk to each query (queries embedded in batches)."""
+        if not queries:
+            return []
+        sims = self._encode(queries) @ self._emb.T
+        return list(sims)
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

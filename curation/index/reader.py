@@ -91,20 +91,18 @@ class Index:
     def __repr__(self) -> str:
         return f"Index({str(self.path)!r}, backend={self.backend!r}, chunks={len(self)})"
 
-    def _ranked(self, query: str, k: int) -> list[tuple[int, float]]:
-        if self.backend == "bm25":
-            scores = self._bm25.scores(query)
-            if scores is None:
-                return []
-            best = top_k(scores, k)
-            return [(int(i), float(scores[i])) for i in best if scores[i] > 0]
+    def _ranked(self, query: str, k: int, dense: np.ndarray | None = None) -> list[tuple[int, float]]:
+        if self.backend != "bm25" and dense is None:
+            dense = self._dense.scores(query)
         if self.backend == "dense":
-            scores = self._dense.scores(query)
-            return [(int(i), float(scores[i])) for i in top_k(scores, k)]
-        rankings = [top_k(self._dense.scores(query), self._depth)]
+            return [(int(i), float(dense[i])) for i in top_k(dense, k)]
         lex = self._bm25.scores(query)
+        if self.backend == "bm25":
+            return [] if lex is None else [(int(i), float(lex[i])) for i in top_k(lex, k) if lex[i] > 0]
+        depth = max(self._depth, k)
+        rankings = [top_k(dense, depth)]
         if lex is not None:
-            rankings.append(np.array([i for i in top_k(lex, self._depth) if lex[i] > 0], dtype=np.int64))
+            rankings.append(np.array([i for i in top_k(lex, depth) if lex[i] > 0], dtype=np.int64))
         fused = rrf(rankings, n=len(self), rrf_k=self._rrf_k)
         return [(int(i), float(fused[i])) for i in top_k(fused, k) if fused[i] > 0]
 
@@ -114,16 +112,21 @@ class Index:
                    score=score, text=c["text"][i], title=c["title"][i])
 
     def search(self, query: str, k: int = 5) -> list[Hit]:
-        """The best ``k`` chunks for ``query``, best first (fewer when fewer chunks share a word with it)."""
+        """The best ``k`` chunks for ``query``, best first (BM25: fewer when fewer chunks share a word with it)."""
         if not isinstance(query, str):
             raise ConfigError("a query must be a string", received=type(query).__name__, fix="pass the question text")
-        if k < 1:
-            raise ConfigError("k must be at least 1", received=k, fix="ask for k >= 1 passages")
-        return [self._hit(i, s) for i, s in self._ranked(query, k)]
+        return self.search_many([query], k)[0]
 
     def search_many(self, queries: Sequence[str], k: int = 5) -> list[list[Hit]]:
-        """``search`` for each query, in order."""
-        return [self.search(q, k) for q in queries]
+        """``search`` for each query, in order (dense/hybrid embed the queries in batches)."""
+        if isinstance(queries, str) or not all(isinstance(q, str) for q in queries):
+            raise ConfigError("queries must be a list of strings",
+                              received=type(queries).__name__ if isinstance(queries, str) else [type(q).__name__ for q in queries],
+                              fix="pass the question texts, e.g. search_many(['q1', 'q2'], k=5)")
+        if not isinstance(k, int) or k < 1:
+            raise ConfigError("k must be at least 1", received=k, fix="ask for k >= 1 passages")
+        dense = self._dense.scores_many(list(queries)) if self._dense is not None else [None] * len(queries)
+        return [[self._hit(i, s) for i, s in self._ranked(q, k, d)] for q, d in zip(queries, dense)]
 
 
 def open_index(path: str | Path) -> Index:

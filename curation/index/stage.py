@@ -40,10 +40,15 @@ INDEX_CHUNKS = pa.schema([
 
 
 def document_title(title: str | None, text: str | None) -> str | None:
-    """A document's title: its ``title`` column, else its first Markdown heading, else None."""
-    if title and title.strip():
+    """A document's title: its ``title`` column when the text contains it, else its first Markdown heading.
+
+    A title the text does not contain is not used: the pii stage scrubs the text, not the title column, so
+    only words that went through it (and are in the document anyway) reach the index and every hit.
+    """
+    text = text or ""
+    if title and title.strip() and title.strip() in text:
         return title.strip()
-    m = _MD_HEADING.search(text or "")
+    m = _MD_HEADING.search(text)
     return m.group(1).strip() if m else None
 
 
@@ -57,7 +62,7 @@ def indexed_text(text: str, *, title: str | None, heading: str | None, source: s
 
 class IndexStage(Stage[IndexConfig]):
     kind = "artifact"
-    version = "1"
+    version = "2"  # 2: titles only from what the (scrubbed) text contains
     requires = {n: CHUNKS.field(n).type for n in ("id", "doc_id", "text", "source", "span_start", "span_end",
                                                    "heading", "position")}
 

@@ -125,3 +125,12 @@ def test_dense_and_hybrid_with_a_local_sentence_transformers_folder(corpus, tmp_
     bad = _recipe(corpus, tmp_path / "ws2", index={"backend": "dense", "embedding_model": str(tmp_path)})
     with pytest.raises(ConfigError, match="not a local sentence-transformers folder"):
         plan(recipe_from_dict(bad))  # before any work
+
+
+def test_title_comes_from_the_scrubbed_text():
+    from curation.index.stage import document_title
+
+    assert document_title("Moving the Osprey archive", "# Moving the Osprey archive\n\nbody") == "Moving the Osprey archive"
+    # a title column the (PII-scrubbed) text no longer contains is not copied into the index
+    assert document_title("Call with Jane Roe", "# Call with <PERSON_1>\n\nbody") == "Call with <PERSON_1>"
+    assert document_title("Call with Jane Roe", "no heading here") is None

@@ -154,3 +154,17 @@ def test_allow_list_keeps_product_names_but_not_people(ner_config):
 def test_bad_allow_list_regex_is_config_error():
     with pytest.raises(ValueError, match="allow_list entry"):
         PiiConfig(allow_list=["(unclosed"], allow_list_match="regex")
+
+
+def test_ner_reads_only_capitalised_lines_and_offsets_map_back(ner_config):
+    from curation.pii.ner import _to_text, ner_view
+
+    text = "retries: 3\ntimeout: 30s\nOwner Maria Gonzalez moved to Lisbon.\nport: 8080\nAsk Maria Gonzalez.\n"
+    view, segs = ner_view(text)
+    assert view == "Owner Maria Gonzalez moved to Lisbon.\nAsk Maria Gonzalez.\n"
+    assert [text[t:t + n] for _, t, n in segs] == ["Owner Maria Gonzalez moved to Lisbon.\n", "Ask Maria Gonzalez.\n"]
+    pos = view.index("Ask")
+    assert text[_to_text(pos, segs)[0]:].startswith("Ask Maria")
+    found = {(text[s["start"]:s["end"]], s["entity_type"]) for s in find_pii([text], config=ner_config)[0]}
+    assert {("Maria Gonzalez", "PERSON"), ("Lisbon", "LOCATION")} <= found
+    assert all(v not in {"3", "30s", "8080"} for v, _ in found)

@@ -193,3 +193,22 @@ def test_threshold_change_reruns_only_the_filter_and_never_the_teacher(teachers,
     kept2, dropped2 = kept_and_dropped(recipe(0.8))
     below = [d for d in dropped2 if d["reason"] == "judge_below_threshold"]
     assert not kept2 and {d["id"] for d in below} == set(kept) and all(d["score"] == 0.75 for d in below)
+
+
+def test_a_new_check_is_one_function_in_the_list(tmp_path, monkeypatch):
+    """What a newcomer writes in synth/checks.py: a function over any synth column, appended to CHECKS; the stage
+    runs it after the others, its drops carry its reason and score, and a wrong verdict count is an error."""
+    from synth import checks
+
+    def no_lists(rows, cfg, env):
+        return [checks.drop("no_lists", 1.0) if r["template"].endswith(":list") else checks.PASS for r in rows]
+
+    monkeypatch.setattr(checks, "CHECKS", [*checks.CHECKS, no_lists])
+    parts = _shards(tmp_path, _chunks(tmp_path, DOC))
+    res = _filter(tmp_path, parts, SynthFilterConfig(min_answer_chars=10))[0]
+    drops = [d for d in res.decisions.to_pylist() if d["reason"] == "no_lists"]
+    assert drops and all(d["score"] == 1.0 for d in drops)
+    assert not [r for r in res.table.to_pylist() if r["template"].endswith(":list")]
+    monkeypatch.setattr(checks, "CHECKS", [lambda rows, cfg, env: []])
+    with pytest.raises(RuntimeError, match="returned 0 verdicts"):
+        _filter(tmp_path, parts, SynthFilterConfig(), step="broken")

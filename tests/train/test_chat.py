@@ -1,4 +1,4 @@
-"""One chat template: assistant-only labels, the end-of-turn check, the parity gate."""
+"""One chat template: assistant-only labels, the end-of-turn check, the stripped template."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import pytest
 
 from schemas.errors import ConfigError, StageError
 from train.chat import (CHATML_TEMPLATE, IM_END, check_end_of_turn_trained, check_template, encode_example,
-                        end_of_turn_id, parity_gate, strip_generation_markers, train_bpe_tokenizer)
+                        end_of_turn_id, strip_generation_markers, train_bpe_tokenizer)
 
 TEXTS = ["The tracking API listens on port 8443.", "Rotate the key in the vault, then redeploy the gateway."] * 20
 CONV = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Which port?"},
@@ -47,12 +47,7 @@ def test_template_without_generation_markers_is_rejected(tok):
 def test_stripped_template_renders_identically(tok):
     tok2 = train_bpe_tokenizer(TEXTS, vocab_size=400, chat_template=strip_generation_markers(CHATML_TEMPLATE))
     assert "{% generation %}" not in tok2.chat_template and "endgeneration" not in tok2.chat_template
-    assert parity_gate(tok, tok2, [CONV], where="test")["differences"] == 0
-
-
-def test_parity_gate_catches_a_changed_template(tok):
-    changed = train_bpe_tokenizer(TEXTS, vocab_size=400,
-                                  chat_template=CHATML_TEMPLATE.replace("'<|im_start|>' + message['role'] + '\\n'",
-                                                                        "'<|im_start|>' + message['role'] + ': '"))
-    with pytest.raises(StageError, match="parity failed"):
-        parity_gate(tok, changed, [CONV], where="test")
+    for msgs, gen in ((CONV, False), (CONV[:-1], True)):
+        ids = [t.apply_chat_template(msgs, tokenize=True, add_generation_prompt=gen, return_dict=True)["input_ids"]
+               for t in (tok, tok2)]
+        assert ids[0] == ids[1]

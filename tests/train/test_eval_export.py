@@ -56,23 +56,26 @@ def test_merge_equals_adapter_applied_model(exported):
     assert stats["merge_max_abs_logit_diff"] < 1e-4
 
 
-def test_gguf_round_trip_agreement(exported):
+def test_every_file_verified_in_llama_cpp(exported):
+    """Default files: F16 (ours), Q8_0 and Q4_K_M (llama.cpp's quantiser), each loaded in llama.cpp and compared
+    with the merged model over the held-out split; F16 matches it (KLD <= 1e-3), coarser files move further."""
+    import gguf
+
     stats, d = exported
-    files = {f["file"]: f for f in json.loads((d / "export.json").read_text())["files"]}
-    assert set(files) == {"tiny-test-F16.gguf", "tiny-test-Q8_0.gguf", "tiny-test-Q4_0.gguf"}
-    assert all(f["passed"] and f["parity"]["differences"] == 0 for f in files.values())
-    f16, q8, q4 = (files[f"tiny-test-{q}.gguf"]["verify"] for q in ("F16", "Q8_0", "Q4_0"))
-    # gated (tie-aware, next token after each held-out prompt) targets of the issue: F16 and Q8_0 100 %, Q4_0 >= 97 %
-    assert all(files[f"tiny-test-{q}.gguf"]["verify_on"] == "prompt_end" for q in ("F16", "Q8_0", "Q4_0"))
-    assert f16["prompt_end_top1_agreement_tie_aware"] == 1.0 and q8["prompt_end_top1_agreement_tie_aware"] == 1.0
-    assert q4["prompt_end_top1_agreement_tie_aware"] >= 0.97
-    assert q4["prompt_end_top1_agreement"] <= q4["prompt_end_top1_agreement_tie_aware"]
-    # reported: every answer position (teacher-forced); F16 is exact there too, Q4_0 is the loosest file
-    assert f16["answer_top1_agreement"] >= 0.99 and f16["max_abs_logit_diff"] < 0.05
-    assert q4["positions"] > 10 * q4["prompts"] and q4["answer_top1_agreement"] <= f16["answer_top1_agreement"]
-    assert q8["mean_cosine"] > 0.999
-    assert files["tiny-test-F16.gguf"]["pre_tokenizer"] == "gpt-2"
-    assert files["tiny-test-Q4_0.gguf"]["tensor_types"]["Q4_0"] > 0
+    report = json.loads((d / "export.json").read_text())
+    files = {f["file"]: f for f in report["files"]}
+    assert set(files) == {"tiny-test-F16.gguf", "tiny-test-Q8_0.gguf", "tiny-test-Q4_K_M.gguf"}
+    assert all(f["passed"] and f["tokenizer"]["failed"] == 0 for f in files.values())
+    f16, q8, q4 = (files[f"tiny-test-{q}.gguf"] for q in ("F16", "Q8_0", "Q4_K_M"))
+    assert report["verify_tokens"] > 500 and f16["verify"]["tokens"] == report["verify_tokens"]
+    assert f16["verify"]["kld_mean"] <= 1e-3 and f16["verify"]["top1"] >= 0.99
+    assert f16["verify"]["kld_mean"] < q8["verify"]["kld_mean"] < q4["verify"]["kld_mean"]
+    assert 15.5 < f16["bits_per_weight"] < 16.5 and q4["bits_per_weight"] < q8["bits_per_weight"] < 9
+    assert f16["tokenizer"]["add_bos"] and f16["tokenizer"]["end_of_turn"] == "<|im_end|>"
+    gen = report["generation"]
+    assert gen["failed"] == 0 and gen["conversations"] == 10 and gen["stopped_at_end_of_turn"] == gen["checked"], gen
+    assert "Q8_0" in {t.tensor_type.name for t in gguf.GGUFReader(str(d / "tiny-test-Q8_0.gguf")).tensors}
+    assert stats["tiny-test-F16.gguf:kld"] <= 1e-3
 
 
 def test_gguf_metadata_and_stripped_template(exported):
@@ -91,43 +94,60 @@ def test_gguf_metadata_and_stripped_template(exported):
 def test_model_card_and_modelfile(exported):
     _, d = exported
     card = (d / "README.md").read_text()
-    assert "## Evaluation (base vs tuned)" in card and "## Export verification" in card and "PASS" in card
+    assert "## Evaluation (base vs tuned)" in card and "## Export verification (in llama.cpp)" in card
+    assert "| tiny-test-Q4_K_M.gguf | " in card and "| KLD mean | KLD p99 | top-1 | PPL ratio |" in card
+    assert card.count("| PASS |") == 3
     modelfile = (d / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./tiny-test-Q8_0.gguf") and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert (d / "merged" / "config.json").exists() and (d / "loss.png").exists()
 
 
-def test_parity_gate_catches_a_changed_template_in_the_gguf(exported, pipeline):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def test_damaged_files_fail_the_gates(exported, pipeline, tmp_path):
+    """A file with one tensor scaled fails its KLD gate; a file that does not add BOS (the Gemma-3 bug) fails the
+    tokenizer check in llama.cpp while transformers-style comparisons on shared token ids would not see it."""
+    import torch
+    from transformers import AutoModelForCausalLM
 
-    from train.chat import CHATML_TEMPLATE, parity_gate
+    from train.config import ExportConfig
+    from train.export import gate_failures, heldout_conversations, token_sequences
     from train.gguf_export import write_gguf
+    from train.inputs import load_tokenizer
+    from train.llama_cpp import GGUFModel
+    from train.verify import tokenizer_check, verify_files
 
     _, d = exported
-    from train.inputs import load_tokenizer
-
     tok = load_tokenizer(pipeline["base"] / "model")
-    model = AutoModelForCausalLM.from_pretrained(str(d / "merged"))
-    changed = CHATML_TEMPLATE.replace("'<|im_start|>' + message['role'] + '\\n'", "message['role'] + ': '")
-    out = pipeline["root"] / "changed"
-    write_gguf(model, tok, out / "m.gguf", quant="F16", name="changed", chat_template=changed)
-    gguf_tok = AutoTokenizer.from_pretrained(str(out), gguf_file="m.gguf")
-    conv = [{"role": "user", "content": "Which port?"}, {"role": "assistant", "content": "8443"}]
-    with pytest.raises(StageError, match="parity failed"):
-        parity_gate(tok, gguf_tok, [conv], where="m.gguf")
+    merged = AutoModelForCausalLM.from_pretrained(str(d / "merged")).eval()
+    convs = heldout_conversations(pipeline["dataset"])
+    seqs = token_sequences(tok, convs, tokens=4096, max_length=512)
+    scaled = AutoModelForCausalLM.from_pretrained(str(d / "merged")).eval()
+    with torch.no_grad():
+        scaled.model.layers[1].mlp.down_proj.weight.mul_(1.5)
+    write_gguf(scaled, tok, tmp_path / "scaled-F16.gguf", quant="F16", name="scaled")
+    no_bos = tok.chat_template.replace("{{ bos_token }}", "")
+    write_gguf(merged, tok, tmp_path / "nobos-F16.gguf", quant="F16", name="nobos", chat_template=no_bos)
+    res = verify_files(merged, seqs, [tmp_path / "scaled-F16.gguf", d / "tiny-test-F16.gguf"], threads=2)
+    gate = ExportConfig().gates["F16"]
+    assert gate_failures(res["tiny-test-F16.gguf"], gate) == []
+    problems = gate_failures(res["scaled-F16.gguf"], gate)
+    assert any(p.startswith("mean KLD") for p in problems), res["scaled-F16.gguf"]
+    with GGUFModel(tmp_path / "nobos-F16.gguf", vocab_only=True) as m:
+        check = tokenizer_check(m, tok, convs[:4])
+    assert not check["add_bos"] and check["failed"] > 0 and "BOS 0 times" in check["failures"][0]
 
 
-def test_failing_verification_fails_the_stage(pipeline, exported, tmp_path):
-    """Also: with no memory for the merged model's logits (recomputed for each file and conversation) the
-    verification is the same as with all of them kept (the ``exported`` run)."""
+def test_failing_gate_fails_the_stage_after_the_card(pipeline, exported, tmp_path):
+    """A gate the Q4_K_M file cannot meet fails the stage, names the file and statistic, and the card says FAIL;
+    the statistics do not depend on which other files were verified beside it."""
     ins = {"dataset": pipeline["dataset"], "base": pipeline["base"], "train": pipeline["train"]}
-    cfg = ExportConfig(quantizations=["Q4_0"], ollama_quantization="Q4_0", min_top1={"Q4_0": 1.01}, keep_merged=False,
-                       threads=2, logits_memory_mb=0)
-    with pytest.raises(StageError, match=r"verification failed: .*95 % interval 0\.\d+-[01]\.\d+\) < required 1\.01"):
+    cfg = ExportConfig(model_name="tiny-test", quantizations=["Q4_K_M"], ollama_quantization="Q4_K_M", keep_merged=False, threads=2,
+                       generation_checks=0,
+                       gates={"Q4_K_M": {"max_kld_mean": 1e-6, "max_kld_p99": 1.0, "min_top1": 0.0, "max_ppl_ratio": 2.0}})
+    with pytest.raises(StageError, match=r"verification failed: tiny-test-Q4_K_M\.gguf: mean KLD [0-9.e-]+ > 1e-06"):
         ExportStage_run(cfg, tmp_path, ins)
-    assert "FAIL" in (tmp_path / "export" / "README.md").read_text()
-    streamed = json.loads((tmp_path / "export" / "export.json").read_text())
-    kept = json.loads((exported[1] / "export.json").read_text())
-    q4 = next(f for f in kept["files"] if f["file"] == "tiny-test-Q4_0.gguf")
-    assert streamed["files"][0]["verify"] == q4["verify"]
-    assert streamed["merge_check_prompts"] == 1 and kept["merge_check_prompts"] == q4["verify"]["prompts"]
+    assert "| FAIL |" in (tmp_path / "export" / "README.md").read_text()
+    alone = json.loads((tmp_path / "export" / "export.json").read_text())["files"]
+    kept = json.loads((exported[1] / "export.json").read_text())["files"]
+    assert [f["file"] for f in alone] == ["tiny-test-Q4_K_M.gguf"]
+    assert alone[0]["verify"] == next(f for f in kept if f["file"] == "tiny-test-Q4_K_M.gguf")["verify"]
+    assert not (tmp_path / "export" / "tiny-test-F16.gguf").exists()  # F16 not requested: written to _work, removed

@@ -9,13 +9,16 @@ from schemas.errors import ConfigError
 from tests.train.conftest import build_base, build_dataset
 
 
-def test_qwen2_export_round_trip(tmp_path):
+def test_qwen2_export_judged_in_llama_cpp(tmp_path):
+    """A Qwen2 base from the base_model stage (non-zero q/k biases, which the file must carry), exported and
+    loaded in llama.cpp: same logits on the same ids, and the held-out conversation tokenizes to the same ids."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
-    from train.chat import parity_gate
-    from train.export import all_logits, compare_logits, verification_inputs
     from train.gguf_export import write_gguf
+    from train.inputs import load_tokenizer
+    from train.llama_cpp import GGUFModel
+    from train.verify import KLDStats, reference_logp, tokenizer_check
 
     build_dataset(tmp_path)
     base = build_base(tmp_path, name="qwen", architecture="qwen2", pretrain_steps=60) / "model"
@@ -25,19 +28,18 @@ def test_qwen2_export_round_trip(tmp_path):
         for layer in model.model.layers:
             layer.self_attn.q_proj.bias.normal_(0, 0.5)
             layer.self_attn.k_proj.bias.normal_(0, 0.5)
-    from train.inputs import load_tokenizer
-
     tok = load_tokenizer(base)
     info = write_gguf(model, tok, tmp_path / "out" / "q.gguf", quant="F16", name="qwen-test")
     assert info["tensor_types"]["F32"] >= 3 * model.config.num_hidden_layers  # biases + norms stay F32
-    gguf_model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"), gguf_file="q.gguf").eval()
-    gguf_tok = AutoTokenizer.from_pretrained(str(tmp_path / "out"), gguf_file="q.gguf")
     conv = [{"role": "user", "content": "How long do we keep shipment events?"},
             {"role": "assistant", "content": "Shipment events are kept for 400 days."}]
-    assert parity_gate(tok, gguf_tok, [conv], where="q.gguf")["differences"] == 0
-    items = verification_inputs(tok, [conv])
-    res = compare_logits(all_logits(model, items), all_logits(gguf_model, items), items)
-    assert res["all_positions_top1_agreement"] == 1.0 and res["max_abs_logit_diff"] < 0.05, res
+    ids = list(tok.apply_chat_template(conv, tokenize=True, return_dict=True)["input_ids"])
+    with GGUFModel(tmp_path / "out" / "q.gguf", n_ctx=256, threads=2) as m:
+        assert tokenizer_check(m, tok, [conv])["failed"] == 0
+        st = KLDStats()
+        st.add(reference_logp(model, ids)[:-1], next(m.logits(ids))[:len(ids) - 1], ids[1:])
+    r = st.result()
+    assert r["top1"] == 1.0 and r["kld_mean"] < 1e-4, r
 
 
 def test_base_model_needs_exactly_one_source():

@@ -1,0 +1,380 @@
+"""llama.cpp as the runtime: load a GGUF, tokenize as llama.cpp does, evaluate token ids to logits, generate
+greedily, quantise, and collect an importance matrix -- all through llama-cpp-python's low-level bindings
+(``llama_cpp.llama_cpp``), the same library users' runtimes (llama-server, Ollama, LM Studio) are built on.
+
+Used by the export stage to quantise and verify every file, and by ``ask``/``serve`` to answer.
+
+* ``GGUFModel``: one loaded file and one context. ``tokenize`` (``add_special``: the BOS/EOS the file's
+  metadata asks for; ``parse_special``: spell control tokens such as ``<|im_end|>`` as themselves),
+  ``chat_ids`` (a rendered chat template, tokenized the way llama.cpp's chat path does: the template's
+  leading BOS text is dropped when the file adds BOS itself, so BOS appears exactly once), ``logits``
+  (every position, streamed ``n_batch`` positions at a time so a 262k-token vocabulary never needs more than
+  ``n_batch x vocab`` floats), ``generate`` (greedy, stops at any end-of-generation token of the file).
+* ``quantize``: ``llama_model_quantize`` from the F16 file to Q8_0 / Q6_K / Q5_K_M / Q4_K_M / Q4_0, with an
+  optional importance matrix.
+* ``collect_imatrix``: llama.cpp's importance matrix (``llama-imatrix``): for every matrix multiplication
+  with a ``blk.*`` weight, the sum over tokens of each input column's squared activation and the token
+  count, collected by an eval callback while llama.cpp runs the F16 file (the callback is what
+  ``llama-imatrix`` registers; the bindings expose it as ``cb_eval``). ``save_imatrix`` writes llama.cpp's
+  GGUF imatrix format (``<tensor>.in_sum2``, ``<tensor>.counts``), which ``llama-quantize --imatrix`` reads.
+
+llama.cpp's own log lines go to the ``slmforge.llama_cpp`` logger (DEBUG; errors as ERROR), never to stderr.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from schemas.errors import StageError, require
+
+log = logging.getLogger("slmforge.llama_cpp")
+
+#: file type name -> llama_ftype (include/llama.h)
+FTYPES = {"F16": 1, "Q4_0": 2, "Q8_0": 7, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18}
+QUANTIZED = ("Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0")
+
+_state: dict[str, Any] = {}
+
+
+def bindings():
+    """``llama_cpp.llama_cpp`` with the backend initialised and llama.cpp's log routed to ``log``."""
+    if "lib" not in _state:
+        llama_cpp = require("llama_cpp", extra="llama", purpose="GGUF quantisation, verification and serving")
+        lib = llama_cpp.llama_cpp
+
+        levels = {4: logging.ERROR, 3: logging.INFO}  # ggml_log_level: 1 debug, 2 info, 3 warn, 4 error, 5 cont
+
+        @lib.llama_log_callback
+        def _route(level, text, user_data):
+            log.log(levels.get(level, logging.DEBUG), "%s", (text or b"").decode("utf-8", "replace").rstrip())
+
+        lib.llama_log_set(_route, ctypes.c_void_p(0))
+        lib.llama_backend_init()
+        _state.update(lib=lib, log_callback=_route)  # the callback must outlive every call into llama.cpp
+    return _state["lib"]
+
+
+def default_threads(threads: int | None) -> int:
+    return threads or max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class GGUFModel:
+    """A GGUF file loaded in llama.cpp (CPU; memory-mapped) with one context of ``n_ctx`` tokens.
+
+    ``vocab_only``: load the tokenizer only (fast; no context, no logits). ``cb_eval``: a
+    ``ggml_backend_sched_eval_callback`` called for graph nodes (``collect_imatrix``).
+    """
+
+    def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_batch: int = 256, threads: int | None = None,
+                 vocab_only: bool = False, cb_eval: Any = None):
+        lib = bindings()
+        self.lib, self.path = lib, Path(path)
+        if not self.path.is_file():
+            raise StageError("llama.cpp: no such GGUF file", received=str(path), fix="check the path")
+        mparams = lib.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        mparams.vocab_only = vocab_only
+        self.model = lib.llama_model_load_from_file(str(self.path).encode(), mparams)
+        if not self.model:
+            raise StageError("llama.cpp could not load the GGUF file", received=str(path),
+                             fix="the file is damaged or its architecture/tokenizer metadata is not one llama.cpp "
+                                 "knows; the debug log of 'slmforge.llama_cpp' has llama.cpp's reason")
+        self.vocab = lib.llama_model_get_vocab(self.model)
+        self.n_vocab = int(lib.llama_vocab_n_tokens(self.vocab))
+        self.ctx = None
+        self.n_batch = min(n_batch, n_ctx)
+        if not vocab_only:
+            cparams = lib.llama_context_default_params()
+            cparams.n_ctx, cparams.n_batch, cparams.n_ubatch = n_ctx, self.n_batch, self.n_batch
+            cparams.n_threads = cparams.n_threads_batch = default_threads(threads)
+            cparams.no_perf = True
+            if cb_eval is not None:
+                cparams.cb_eval, cparams.cb_eval_user_data = cb_eval, None
+            self.ctx = lib.llama_init_from_model(self.model, cparams)
+            if not self.ctx:
+                self.close()
+                raise StageError("llama.cpp could not create a context", received=f"n_ctx={n_ctx}, n_batch={n_batch}",
+                                 fix="lower the context size (memory)")
+            self.n_ctx = int(lib.llama_n_ctx(self.ctx))
+            self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
+
+    # -- metadata and tokens -------------------------------------------------------------------------------------
+    def meta(self, key: str) -> str | None:
+        buf = ctypes.create_string_buffer(1 << 16)
+        n = self.lib.llama_model_meta_val_str(self.model, key.encode(), buf, len(buf))
+        return None if n < 0 else buf.value.decode("utf-8", "replace")
+
+    @property
+    def bos(self) -> int:
+        return int(self.lib.llama_vocab_bos(self.vocab))
+
+    @property
+    def add_bos(self) -> bool:
+        return bool(self.lib.llama_vocab_get_add_bos(self.vocab))
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self.lib.llama_vocab_is_eog(self.vocab, int(token)))
+
+    def token_text(self, token: int) -> str:
+        return (self.lib.llama_vocab_get_text(self.vocab, int(token)) or b"").decode("utf-8", "replace")
+
+    def tokenize(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
+        data = text.encode("utf-8")
+        cap = len(data) + 16
+        buf = (ctypes.c_int32 * cap)()
+        n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        if n < 0:
+            cap = -n
+            buf = (ctypes.c_int32 * cap)()
+            n = self.lib.llama_tokenize(self.vocab, data, len(data), buf, cap, add_special, parse_special)
+        return list(buf[:n])
+
+    def chat_ids(self, rendered: str) -> list[int]:
+        """Token ids of a rendered chat template, as llama.cpp's chat path makes them (common/chat.cpp): the
+        template's leading BOS text is dropped when the file adds BOS itself, then the text is tokenized with
+        the file's special tokens added and control tokens parsed."""
+        bos_text = self.token_text(self.bos) if self.bos >= 0 else ""
+        if self.add_bos and bos_text and rendered.startswith(bos_text):
+            rendered = rendered[len(bos_text):]
+        return self.tokenize(rendered, add_special=True, parse_special=True)
+
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        out = bytearray()
+        buf = ctypes.create_string_buffer(256)
+        for t in tokens:
+            n = self.lib.llama_token_to_piece(self.vocab, int(t), buf, len(buf), 0, special)
+            out += buf.raw[:max(n, 0)]
+        return out.decode("utf-8", "replace")
+
+    # -- evaluation ----------------------------------------------------------------------------------------------
+    def _decode(self, tokens: Sequence[int], start: int, *, all_logits: bool) -> None:
+        b = self.batch
+        b.n_tokens = len(tokens)
+        for i, t in enumerate(tokens):
+            b.token[i], b.pos[i], b.n_seq_id[i], b.seq_id[i][0] = int(t), start + i, 1, 0
+            b.logits[i] = all_logits or i == len(tokens) - 1
+        rc = self.lib.llama_decode(self.ctx, b)
+        if rc != 0:
+            raise StageError("llama.cpp failed to evaluate a batch", received=f"llama_decode returned {rc}",
+                             fix="check the sequence fits the context (n_ctx) and the file loads")
+
+    def _check_length(self, n: int) -> None:
+        if self.ctx is None:
+            raise StageError("llama.cpp: this model was loaded with vocab_only", fix="load it without vocab_only")
+        if n > self.n_ctx:
+            raise StageError("llama.cpp: sequence longer than the context", received=n, expected=f"<= {self.n_ctx}",
+                             fix="load the model with a larger n_ctx or cut the sequence")
+
+    def logits(self, tokens: Sequence[int]) -> Iterator[np.ndarray]:
+        """Logits (float32, positions x vocabulary) of ``tokens`` evaluated from position 0, every position,
+        yielded ``n_batch`` positions at a time (each array is a copy)."""
+        self._check_length(len(tokens))
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+        for start in range(0, len(tokens), self.n_batch):
+            part = tokens[start:start + self.n_batch]
+            self._decode(part, start, all_logits=True)
+            ptr = self.lib.llama_get_logits(self.ctx)
+            yield np.ctypeslib.as_array(ptr, shape=(len(part), self.n_vocab)).copy()
+
+    def generate(self, prompt: Sequence[int], *, max_new_tokens: int) -> list[int]:
+        """Greedy continuation of ``prompt``; ends after the first end-of-generation token of the file (kept as
+        the last element) or after ``max_new_tokens``."""
+        self._check_length(len(prompt) + max_new_tokens)
+        self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
+        for start in range(0, len(prompt), self.n_batch):
+            self._decode(prompt[start:start + self.n_batch], start, all_logits=False)
+        out: list[int] = []
+        pos = len(prompt)
+        while len(out) < max_new_tokens:
+            row = np.ctypeslib.as_array(self.lib.llama_get_logits_ith(self.ctx, -1), shape=(self.n_vocab,))
+            token = int(row.argmax())
+            out.append(token)
+            if self.is_eog(token):
+                break
+            self._decode([token], pos, all_logits=False)
+            pos += 1
+        return out
+
+    def close(self) -> None:
+        if self.lib.llama_free is None:  # interpreter shutdown
+            return
+        if getattr(self, "ctx", None):
+            self.lib.llama_batch_free(self.batch)
+            self.lib.llama_free(self.ctx)
+            self.ctx = None
+        if getattr(self, "model", None):
+            self.lib.llama_model_free(self.model)
+            self.model = None
+
+    def __enter__(self) -> GGUFModel:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
+
+
+def quantize(src: Path, dst: Path, *, qtype: str, threads: int | None = None,
+             imatrix: Mapping[str, np.ndarray] | None = None) -> None:
+    """``llama_model_quantize`` of the F16 file ``src`` into ``dst`` (llama.cpp's default tensor-type mix for
+    ``qtype``, e.g. Q4_K_M keeps half of attn_v/ffn_down and the output in Q6_K). ``imatrix``: tensor name
+    -> mean squared input activation per column (``Imatrix.means``); the K-quants and Q4_0 weight their
+    rounding error by it."""
+    lib = bindings()
+    if qtype not in FTYPES:
+        raise StageError("llama.cpp quantisation: unknown type", received=qtype, expected=", ".join(FTYPES))
+    params = lib.llama_model_quantize_default_params()
+    params.nthread, params.ftype = default_threads(threads), FTYPES[qtype]
+    keep = []
+    if imatrix:
+        entries = (lib.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, values) in enumerate(sorted(imatrix.items())):
+            arr = np.ascontiguousarray(values, dtype=np.float32)
+            keep.append(arr)
+            entries[i].name = name.encode()
+            entries[i].data = arr.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+            entries[i].size = arr.size
+        params.imatrix = entries
+        keep.append(entries)
+    from schemas.io import atomic_path
+
+    with atomic_path(dst, suffix=".gguf") as tmp:
+        rc = lib.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise StageError(f"llama.cpp could not quantise to {qtype}", received=f"llama_model_quantize returned {rc}",
+                             fix="the debug log of 'slmforge.llama_cpp' has llama.cpp's reason")
+
+
+class _GGMLTensor(ctypes.Structure):
+    """``struct ggml_tensor`` (ggml/include/ggml.h of the pinned llama.cpp: GGML_MAX_DIMS 4, GGML_MAX_OP_PARAMS 64,
+    GGML_MAX_SRC 10, GGML_MAX_NAME 64)."""
+
+
+_GGMLTensor._fields_ = [
+    ("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4),
+    ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16), ("flags", ctypes.c_int32),
+    ("src", ctypes.POINTER(_GGMLTensor) * 10), ("view_src", ctypes.c_void_p), ("view_offs", ctypes.c_size_t),
+    ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64), ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8),
+]
+
+
+def _ggml():
+    """libggml-base from the llama_cpp package (the library the bindings load), for the tensor helpers."""
+    if "ggml" not in _state:
+        import llama_cpp
+
+        lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+        lib.ggml_op_desc.restype = ctypes.c_char_p
+        lib.ggml_op_desc.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_buffer_is_host.restype = ctypes.c_bool
+        lib.ggml_backend_buffer_is_host.argtypes = [ctypes.c_void_p]
+        lib.ggml_nbytes.restype = ctypes.c_size_t
+        lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+        _state["ggml"] = lib
+    return _state["ggml"]
+
+
+def _weight_name(raw: bytes) -> str:
+    """``CUDA0#blk.0.attn_k.weight#0`` -> ``blk.0.attn_k.weight`` (imatrix.cpp's filter_tensor_name)."""
+    name = raw.decode("utf-8", "replace")
+    return name.split("#")[1] if "#" in name else name
+
+
+class Imatrix:
+    """Per weight tensor: sum over tokens of each input column's squared activation, and the token count."""
+
+    def __init__(self):
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, int] = {}
+        self.sequences = 0
+        self.tokens = 0
+
+    def callback(self):
+        """The ``cb_eval`` function: llama.cpp asks (``ask``) whether a node's data is wanted, then calls again
+        once it is computed. As in ``llama-imatrix``: MUL_MAT nodes whose weight is a ``blk.*`` tensor and
+        whose activations are F32 with at least 16 rows."""
+        lib, ggml = bindings(), _ggml()
+
+        @lib.ggml_backend_sched_eval_callback
+        def collect(t_ptr, ask, user_data):
+            t = ctypes.cast(t_ptr, ctypes.POINTER(_GGMLTensor)).contents
+            if ggml.ggml_op_desc(ctypes.addressof(t)) != b"MUL_MAT":
+                return False
+            src0, src1 = t.src[0].contents, t.src[1].contents
+            name = _weight_name(src0.name)
+            if ask:
+                return src1.ne[1] >= 16 and src1.type == 0 and name.startswith("blk.")  # 0: GGML_TYPE_F32
+            nbytes = ggml.ggml_nbytes(ctypes.addressof(src1))
+            if ggml.ggml_backend_buffer_is_host(src1.buffer):
+                raw = (ctypes.c_char * nbytes).from_address(src1.data)
+            else:
+                raw = ctypes.create_string_buffer(nbytes)
+                ggml.ggml_backend_tensor_get(ctypes.addressof(src1), raw, 0, nbytes)
+            ne, nb = list(src1.ne), list(src1.nb)
+            x = np.lib.stride_tricks.as_strided(np.frombuffer(raw, dtype=np.float32),
+                                                shape=(ne[3], ne[2], ne[1], ne[0]), strides=(nb[3], nb[2], nb[1], nb[0]))
+            if src0.ne[2] * src0.ne[3] != 1:
+                raise StageError("imatrix: 3-D weights (mixture of experts) are not supported", received=name)
+            sq = np.einsum("abij,abij->j", x, x, dtype=np.float64)
+            self.sums[name] = self.sums.get(name, 0.0) + sq
+            self.counts[name] = self.counts.get(name, 0) + ne[1] * ne[2] * ne[3]
+            return True
+
+        self._keep = collect
+        return collect
+
+    def means(self) -> dict[str, np.ndarray]:
+        """What ``llama-quantize --imatrix`` passes to ``llama_model_quantize``: sums / counts."""
+        return {k: (v / self.counts[k]).astype(np.float32) for k, v in self.sums.items()}
+
+
+def collect_imatrix(path: Path, sequences: Sequence[Sequence[int]], *, threads: int | None = None,
+                    n_ctx: int = 1024, progress: Any = None) -> Imatrix:
+    """llama.cpp's importance matrix of the GGUF at ``path`` over token ``sequences`` (each from position 0,
+    cut to ``n_ctx``), computed while llama.cpp evaluates them."""
+    stats = Imatrix()
+    with GGUFModel(path, n_ctx=n_ctx, n_batch=min(512, n_ctx), threads=threads, cb_eval=stats.callback()) as model:
+        for seq in sequences:
+            seq = list(seq)[:n_ctx]
+            for _ in model.logits(seq):
+                pass
+            stats.sequences += 1
+            stats.tokens += len(seq)
+            if progress is not None:
+                progress(0)
+    if not stats.sums:
+        raise StageError("imatrix: no activations were collected", received=f"{len(sequences)} sequences",
+                         fix="give at least one calibration sequence of 16 tokens or more")
+    return stats
+
+
+def save_imatrix(stats: Imatrix, path: Path, *, dataset: str, chunk_size: int) -> None:
+    """Write ``stats`` in llama.cpp's GGUF imatrix format (what ``llama-imatrix`` writes and
+    ``llama-quantize --imatrix`` reads)."""
+    import gguf
+
+    from schemas.io import atomic_path
+
+    with atomic_path(path, suffix=".gguf") as tmp:
+        w = gguf.GGUFWriter(str(tmp), arch="")
+        w.add_type("imatrix")
+        w.add_array("imatrix.datasets", [dataset])
+        w.add_uint32("imatrix.chunk_count", stats.sequences)
+        w.add_uint32("imatrix.chunk_size", chunk_size)
+        for name in sorted(stats.sums):
+            w.add_tensor(f"{name}.in_sum2", stats.sums[name].astype(np.float32)[None, :])
+            w.add_tensor(f"{name}.counts", np.array([[stats.counts[name]]], dtype=np.float32))
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_tensors_to_file()
+        w.close()
