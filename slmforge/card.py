@@ -130,6 +130,19 @@ def _hist_plot(series: dict[str, list[int]], path: Path, *, title: str, xlabel: 
     plt.close(fig)
 
 
+def _raft_section(rows: list[dict]) -> list[str]:
+    """Retrieval recall@k of the RAFT rows' questions per split (synth/raft.py), when there are RAFT rows."""
+    from synth.raft import recall_by_split
+
+    found = recall_by_split(rows)
+    if not found:
+        return []
+    k = found[0][3]
+    return [f"## Retrieval (RAFT rows, k = {k})", "", "Share of questions whose source chunk the index retrieved among "
+            f"the top {k} passages with the question as query (before the oracle was forced in or taken out):", "",
+            _table(["split", "questions", f"recall@{k}"], [[s, n, f"{r:.3f}"] for s, n, r, _ in found]), ""]
+
+
 def write_dataset_card(workspace: str | Path) -> Path:
     """Write ``<workspace>/card/README.md`` (and plots) for the last run; returns its path."""
     from slmforge.plan import latest_manifest
@@ -196,7 +209,7 @@ def write_dataset_card(workspace: str | Path) -> Path:
     # 3. The training examples: the last step with `messages`.
     ex_step = None
     for step, d in steps:
-        table = _read_columns(d, ["messages", "origin", "split", "teacher", "template", "judge_score"])
+        table = _read_columns(d, ["messages", "origin", "split", "teacher", "template", "judge_score", "meta"])
         if table is not None and "messages" in table.column_names:
             ex_step = (step, table)
     if ex_step is not None:
@@ -218,6 +231,7 @@ def write_dataset_card(workspace: str | Path) -> Path:
             _hist_plot({"prompt": prompt_len, "answer": answer_len}, out_dir / "example_lengths.png",
                        title="Training example length", xlabel="characters")
             md += ["![example lengths](example_lengths.png)", ""]
+        md += _raft_section(data)
     # 4. The model: eval results and exported files, when the run trained one.
     for step, d in steps:
         ev = d / "eval.json"

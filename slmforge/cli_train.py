@@ -61,11 +61,22 @@ def register(app: typer.Typer) -> None:
         out: Path = typer.Option(..., help="Output folder: eval.json, eval.md, eval.png, samples.jsonl."),
         split: Optional[str] = typer.Option(None, help="test (default) or validation."),
         max_examples: Optional[int] = typer.Option(None, help="Rows evaluated (default 64)."),
+        questions: Optional[Path] = typer.Option(None, help="Question file (JSON lines: id, question; optional "
+                                                 "reference, keywords, page) for the four-way open-book table."),
+        index: Optional[Path] = typer.Option(None, help="index step folder: adds the four-way table base/tuned x "
+                                             "closed/open-book (passages retrieved from it)."),
+        k: Optional[int] = typer.Option(None, "-k", help="Passages per open-book question (default 4)."),
         set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
     ) -> None:
-        """Base vs tuned on held-out rows: loss, perplexity, exact match, token F1, ROUGE-L."""
+        """Base vs tuned on held-out rows: loss, perplexity, exact match, token F1, ROUGE-L; with --index (and
+        --questions), base vs tuned x closed-book vs open-book."""
         fields = {"split": split, "max_examples": max_examples, **parse_sets(set_)}
         inputs = {"dataset": dataset, "base_model": base_model, "adapter": adapter}
+        if index is not None or questions is not None:
+            fields["open_book"] = {**fields.get("open_book", {}), **({"questions": str(questions)} if questions else {}),
+                                   **({"k": k} if k else {})}
+        if index is not None:
+            inputs["index"] = index
         _run("eval", fields, inputs, out)
 
     @app.command("export")

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from schemas.config import StageConfig, Strict, runtime
 from schemas.errors import ConfigError
+from schemas.prompt_format import PromptFormat
 
 
 class ChunkConfig(StageConfig):
@@ -69,6 +70,23 @@ class JudgeConfig(Strict):
     teacher: TeacherConfig | None = Field(None, description="The judge model (kind openai/transformers); None: the generation teacher.")
 
 
+class RaftConfig(Strict):
+    """RAFT rows (Zhang et al. 2024): the question with the top-k passages retrieved by the recipe's index, the source
+    (oracle) chunk forced in with probability ``oracle_p`` and left out otherwise; the answer cites its passage."""
+
+    k: int = Field(4, ge=1, le=32, description="Passages in each training prompt (retrieved by the index step, question as query).")
+    oracle_p: float = Field(
+        0.8, ge=0, le=1, description="Probability (0-1) that the source chunk is among the passages: if retrieval missed "
+        "it, it replaces the lowest-ranked passage; with 1 - oracle_p it is removed (the next retrieved passage fills its "
+        "place) and the answer carries no citation. Drawn per row from seed + example id (deterministic)."
+    )
+    seed: int = Field(0, ge=0, description="Seed of the per-row oracle draw.")
+    prompt_format: PromptFormat = Field(
+        default_factory=PromptFormat, description="The retrieval prompt format (schemas/prompt_format.py; the bundle and "
+        "open-book eval render prompts with the same one): system text, passage template, question template, citation pattern."
+    )
+
+
 #: thresholds of curation.quality re-applied to generated answers (a gate against degenerate text, loose for short answers)
 DEFAULT_ANSWER_QUALITY: dict[str, float | None] = {"max_dup_5gram_frac": 0.5, "max_top_2gram_frac": 0.5, "min_alpha_words_ratio": 0.3}
 
@@ -102,6 +120,10 @@ class SynthConfig(StageConfig):
     include_context: bool = Field(
         False, description="Put the passage in the user turn (RAFT-style open-book) instead of a closed-book question."
     )
+    raft: RaftConfig | None = Field(
+        None, description="RAFT rows from retrieved passages: needs an index step among 'inputs' (e.g. inputs: [chunk, index]); "
+        "replaces include_context/distractors. None: closed-book or include_context rows."
+    )
     judge: JudgeConfig = Field(default_factory=JudgeConfig, description="LLM-as-judge or heuristic judge (its scores become columns).")
     pii_scan: bool | None = Field(
         None, description="Scan prompts before sending them to the teacher or judge (a hit blocks the call: quarantine "
@@ -128,6 +150,14 @@ class SynthConfig(StageConfig):
                 fix=f"remove them from the synth entry and add, right after it, '- stage: synth_filter' with {{{flat}}}",
             )
         return data
+
+    @model_validator(mode="after")
+    def _one_user_turn(self) -> SynthConfig:
+        if self.raft is not None and (self.include_context or self.distractors):
+            raise ConfigError("synth: 'raft' builds the user turn from retrieved passages; include_context/distractors "
+                              "build it from the shard", received="raft with include_context or distractors",
+                              expected="one of them", fix="drop include_context and distractors when raft is set")
+        return self
 
     @property
     def scan_pii(self) -> bool:

@@ -25,6 +25,7 @@ from schemas.stage import ShardResult, Stage, StageContext
 from synth import extractive
 from synth.config import SynthConfig
 from synth.generate import TEMPLATE, Collector, Generator
+from synth.raft import RAFT_INDEX_TEMPLATE, RaftRetriever, find_index
 from synth.tasks import render
 
 RAFT_TEMPLATE = "grounded_qa_raft_v1"
@@ -32,8 +33,10 @@ RAFT_TEMPLATE = "grounded_qa_raft_v1"
 __all__ = ["SynthStage", "RAFT_TEMPLATE", "candidate_row", "user_turn"]
 
 
-def candidate_row(cand: dict, *, user: str, user_template: str, teacher: str, judge_by: str) -> dict:
-    """One SYNTH_CANDIDATES row from a judged candidate and its rendered user turn."""
+def candidate_row(cand: dict, *, user: str | list[dict], user_template: str, teacher: str, judge_by: str,
+                  answer: str | None = None) -> dict:
+    """One SYNTH_CANDIDATES row from a judged candidate and its rendered user turn (a text, or the prompt's messages:
+    system + user); ``answer`` replaces the first assistant turn's text (RAFT: the answer with its citation)."""
     gen = cand.get("gen_template")
     turns = [(cand["question"], cand["answer"]), *cand.get("followups", [])]
     answers = [a for _, a in turns]
@@ -43,7 +46,8 @@ def candidate_row(cand: dict, *, user: str, user_template: str, teacher: str, ju
             "lexical_groundedness": lexical}
     return {
         "id": cand["id"],
-        "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": cand["answer"]},
+        "messages": [*([{"role": "user", "content": user}] if isinstance(user, str) else user),
+                     {"role": "assistant", "content": cand["answer"] if answer is None else answer},
                      *[m for q, a in cand.get("followups", []) for m in ({"role": "user", "content": q},
                                                                          {"role": "assistant", "content": a})]],
         "origin": "synthetic", "source_ids": [cand["chunk"]["id"], cand["chunk"]["doc_id"]], "teacher": teacher,
@@ -55,12 +59,17 @@ def candidate_row(cand: dict, *, user: str, user_template: str, teacher: str, ju
     }
 
 
-def user_turn(cand: dict, chunks: list[dict], *, include_context: bool, distractors: int) -> tuple[str, str, dict]:
-    """The user turn of a training example: (text, template name, meta additions). THE one place that decides
-    what the student sees besides the question: nothing (closed book), the source passage (open book), or the
-    passage among ``distractors`` other passages of ``chunks`` in a seeded order (RAFT-style). Retrieved passages
-    (issue 22) belong here."""
+def user_turn(cand: dict, chunks: list[dict], *, include_context: bool, distractors: int,
+              raft: RaftRetriever | None = None) -> tuple[str | list[dict], str, dict]:
+    """The user turn of a training example: (text or prompt messages, template name, meta additions). THE one place
+    that decides what the student sees besides the question: nothing (closed book), the source passage (open book),
+    the passage among ``distractors`` other passages of ``chunks`` in a seeded order, or (``raft``) the passages the
+    recipe's index retrieves for the question, rendered with the prompt format serving uses (synth/raft.py; the
+    cited answer is in meta ``raft_answer``)."""
     chunk = cand["chunk"]
+    if raft is not None:
+        messages, answer, meta = raft.turn(cand)
+        return messages, RAFT_INDEX_TEMPLATE, {**meta, "raft_answer": answer}
     if not include_context:
         return cand["question"], "closed_book_v1", {}
     others = [c for c in chunks if c["id"] != chunk["id"]]
@@ -102,6 +111,10 @@ class SynthStage(Stage[SynthConfig]):
         if cfg.judge.teacher is not None and cfg.judge.teacher.kind == "extractive":
             raise ConfigError("synth: judge.teacher must be an LLM", received="extractive", expected="openai or transformers",
                               fix="drop judge.teacher to judge with the generation teacher")
+        if cfg.raft is not None and len(cfg.inputs or []) < 2:
+            raise ConfigError("synth: 'raft' retrieves passages with the recipe's index step", received=str(cfg.inputs),
+                              expected="inputs naming the chunk step, then the index step",
+                              fix="add '- stage: index' after chunk and write 'inputs: [chunk, index]' on the synth step")
         if cfg.scan_pii:
             from schemas.errors import require
 
@@ -109,6 +122,15 @@ class SynthStage(Stage[SynthConfig]):
 
     def load(self) -> None:
         self.generator.load()
+
+    def _retriever(self, ctx: StageContext) -> RaftRetriever | None:
+        """The RAFT retriever over the index input (opened once per worker), or None without ``raft``."""
+        if self.config.raft is None:
+            return None
+        path = find_index(ctx.inputs)
+        if getattr(self, "_raft", None) is None or self._raft.index_path != path:
+            self._raft = RaftRetriever(self.config.raft, path)
+        return self._raft
 
     def process(self, table: pa.Table, ctx: StageContext) -> ShardResult:
         self.check({})
@@ -119,12 +141,18 @@ class SynthStage(Stage[SynthConfig]):
         run.counters["candidates"] = len(cands)
         cands = gen.judge(cands, run, work_dir=ctx.work_dir)
         rows = []
+        raft = self._retriever(ctx)
         for c in cands:
             user, user_template, extra = user_turn(c, chunks, include_context=self.config.include_context,
-                                                   distractors=self.config.distractors)
+                                                   distractors=self.config.distractors, raft=raft)
+            answer = extra.pop("raft_answer", None)
             c["meta"].update(extra)
             rows.append(candidate_row(c, user=user, user_template=user_template, teacher=gen.teacher_name,
-                                      judge_by=gen.judge_name))
+                                      judge_by=gen.judge_name, answer=answer))
+            if raft is not None:
+                run.counters["raft:oracle_retrieved"] += extra["oracle_retrieved"]
+                run.counters["raft:oracle_included"] += extra["oracle_included"]
+                run.counters["raft:rows"] += 1
         run.counters["generated"] = len(rows)
         run.counters.update(gen.tally_counters())  # per-shard figures
         dec = decisions([r["id"] for r in rows], stage=ctx.step, action="keep", reason="judged",

@@ -198,9 +198,10 @@ def open_reader(bundle: str | Path, *, gguf: str | None = None, threads: int | N
     return Reader(open_bundle(bundle), gguf=gguf, threads=threads).load()
 
 
-def read_questions(path: str | Path, *, max_errors: int = 20) -> list[dict[str, str]]:
+def read_questions(path: str | Path, *, max_errors: int = 20, fields: tuple[str, ...] = ()) -> list[dict[str, Any]]:
     """``{id, question}`` of every line of a JSONL question file (fields ``id`` (optional: the line number) and
-    ``question``; others, e.g. ``reference``/``keywords``, are ignored). The whole file is checked before any
+    ``question``; of the others, e.g. ``reference``/``keywords``, those named in ``fields`` are kept where present,
+    the rest ignored). The whole file is checked before any
     question is answered: broken lines (not JSON, no ``question``, a repeated ``id``) raise one error naming
     every such line number, so no answer is written for a file that would come back incomplete."""
     import json
@@ -230,7 +231,7 @@ def read_questions(path: str | Path, *, max_errors: int = 20) -> list[dict[str, 
             errors.append(f"line {no}: id {qid!r} repeats line {seen[qid]}")
             continue
         seen[qid] = no
-        out.append({"id": qid, "question": row["question"]})
+        out.append({"id": qid, "question": row["question"], **{f: row[f] for f in fields if f in row}})
     if errors:
         more = f" (and {len(errors) - max_errors} more)" if len(errors) > max_errors else ""
         raise ConfigError(f"question file {path}: {len(errors)} broken line(s), nothing was answered: "

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from schemas.config import StageConfig, Strict, runtime
 from schemas.errors import ConfigError
+from schemas.prompt_format import PromptFormat
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 QUANTS = ("F16", "Q8_0", "Q4_K_M")  # the default files of the export stage
@@ -163,10 +164,27 @@ class TrainConfig(StageConfig):
         return self
 
 
-class EvalConfig(StageConfig):
-    """Base vs tuned on the held-out test split: loss/perplexity and exact match / token F1 / ROUGE-L.
+class OpenBookConfig(Strict):
+    """The four-way evaluation (train/eval_openbook.py): base vs tuned x closed-book vs open-book, on the held-out
+    split's questions and on an optional question file; passages come from the index step among eval's inputs."""
 
-    Inputs: the ``dataset``, ``base_model`` and ``train`` steps.
+    k: int = Field(4, ge=1, le=64, description="Passages retrieved per question for the open-book prompts (use synth's raft.k).")
+    questions: str | None = Field(
+        None, description="A JSON-lines question file (fields id, question; optional reference, keywords [[groups]], "
+        "page or source), evaluated besides the held-out split, e.g. data/eval/postgres_questions.jsonl."
+    )
+    max_questions: int = Field(64, ge=1, le=100_000, description="At most this many questions of the question file (first in file order).")
+    prompt_format: PromptFormat = Field(
+        default_factory=PromptFormat, description="The retrieval prompt format; must be the one the RAFT rows were "
+        "rendered with (checked against the fingerprint the rows record)."
+    )
+
+
+class EvalConfig(StageConfig):
+    """Base vs tuned on the held-out test split: loss/perplexity and exact match / token F1 / ROUGE-L; with
+    ``open_book``, the four-way table base vs tuned x closed-book vs open-book.
+
+    Inputs: the ``dataset``, ``base_model`` and ``train`` steps (and ``index`` with ``open_book``).
     """
 
     stage: Literal["eval"] = "eval"
@@ -176,6 +194,10 @@ class EvalConfig(StageConfig):
     max_length: int = Field(1024, ge=16, le=131_072, description="Tokens per row for the loss (longer rows truncated).")
     batch_size: int = runtime(8, ge=1, le=1024, description="Rows per forward pass.")
     threads: int | None = runtime(None, ge=1, le=512, description="torch CPU threads (None: torch's default).")
+    open_book: OpenBookConfig | None = Field(
+        None, description="Four-way evaluation with retrieved passages (needs an index step among the inputs); None: "
+        "base vs tuned on the held-out rows only."
+    )
 
 
 class KLDGate(Strict):

@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from schemas.io import write_json, write_text
-from train.evaluate import generate_answers, token_f1
+from train.answer_metrics import keyword_hit, token_f1  # noqa: F401  (keyword_hit re-exported)
+from train.evaluate import generate_answers
 from train.inputs import load_model, load_tokenizer, model_device, read_examples, torch_setup
 
 START, END = "<!-- domain-eval:start -->", "<!-- domain-eval:end -->"
@@ -48,12 +49,6 @@ TARGETS = {
 
 def load_jsonl(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
-def keyword_hit(answer: str, groups: list[list[str]]) -> bool:
-    """True when every keyword group has one alternative (``a|b``) in the answer (case-insensitive)."""
-    low = answer.lower()
-    return all(any(alt.strip().lower() in low for alt in "|".join(g).split("|")) for g in groups)
 
 
 def text_perplexity(model, tokenizer, texts: list[str], *, max_length: int = 512) -> dict[str, float]:

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import json
 import math
-import re
-import string
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from train.answer_metrics import exact_match, normalize_answer, rouge_l, token_f1  # noqa: F401  (re-exported)
 from train.config import EvalConfig
-from schemas.errors import StageError
+from schemas.errors import ConfigError, StageError
 from schemas.io import write_json, write_text
 from schemas.stage import Stage, StageContext
 from train.inputs import EXAMPLE_COLUMNS
@@ -24,48 +22,6 @@ from train.chat import encode_example, prompt_and_reference
 from train.inputs import find_inputs, load_model, load_tokenizer, model_device, read_examples, torch_setup
 
 METRICS = ("exact_match", "token_f1", "rouge_l")
-
-
-# --- answer metrics (SQuAD-style normalisation) --------------------------------------------------
-
-def normalize_answer(text: str) -> list[str]:
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return text.split()
-
-
-def exact_match(prediction: str, reference: str) -> float:
-    return float(normalize_answer(prediction) == normalize_answer(reference))
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    p, r = normalize_answer(prediction), normalize_answer(reference)
-    if not p or not r:
-        return float(p == r)
-    common = sum((Counter(p) & Counter(r)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(p), common / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 over normalised tokens (longest common subsequence)."""
-    p, r = normalize_answer(prediction), normalize_answer(reference)
-    if not p or not r:
-        return float(p == r)
-    prev = [0] * (len(r) + 1)
-    for a in p:
-        cur = [0]
-        for j, b in enumerate(r):
-            cur.append(prev[j] + 1 if a == b else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
 
 
 # --- model evaluation ---------------------------------------------------------------------------
@@ -182,6 +138,22 @@ class EvalStage(Stage[EvalConfig]):
     #: checked at plan time when the dataset step is listed first in inputs
     requires = EXAMPLE_COLUMNS
 
+    def check(self, inputs) -> None:
+        ob = self.config.open_book
+        if ob is not None and ob.questions and not Path(ob.questions).is_file():
+            raise ConfigError("eval: the open-book question file does not exist", received=ob.questions,
+                              expected="a JSON-lines file (id, question, optional reference, keywords, page)",
+                              fix="fix open_book.questions (a path relative to where slmforge runs, or absolute)")
+
+    def fingerprint_extra(self) -> dict[str, Any]:
+        """The question file's content decides the output, not only its path."""
+        ob = self.config.open_book
+        if ob is None or not ob.questions or not Path(ob.questions).is_file():
+            return {}
+        import hashlib
+
+        return {"questions_sha256": hashlib.sha256(Path(ob.questions).read_bytes()).hexdigest()}
+
     def run(self, ctx: StageContext) -> dict[str, Any]:
         torch_setup(self.config.threads)
         cfg = self.config
@@ -192,6 +164,11 @@ class EvalStage(Stage[EvalConfig]):
         if not rows:
             raise StageError(f"eval: the {cfg.split} split is empty", received=str(inputs.examples),
                              fix="give the dataset step a non-zero test_fraction (and at least 3 source documents)")
+        if cfg.open_book is not None:  # before any model loads: a missing index or another prompt format fails at once
+            from train import eval_openbook as ob
+
+            ob.find_index_input(ctx.inputs)
+            ob.check_prompt_format(rows, cfg.open_book.prompt_format)
         prompts, refs = prompts_and_references(rows)
         tokenizer = load_tokenizer(inputs.base_model)
         results: dict[str, dict[str, float]] = {}
@@ -202,14 +179,48 @@ class EvalStage(Stage[EvalConfig]):
                                                           batch_size=cfg.batch_size, max_new_tokens=cfg.max_new_tokens)
             ctx.progress(1)
             del model
-        plot_comparison(results, out / "eval.png")
-        write_json({"split": cfg.split, "rows": len(rows), "results": results}, out / "eval.json")
-        write_text(card_section(results, split=cfg.split, rows=len(rows)), out / "eval.md")
+        report = {"split": cfg.split, "rows": len(rows), "results": results}
+        section = card_section(results, split=cfg.split, rows=len(rows))
+        stats = {"split": cfg.split, "rows": len(rows),
+                 **{f"{name}_{k}": round(v, 4) for name, res in results.items() for k, v in res.items()}}
+        if cfg.open_book is not None:
+            four, four_samples = self._open_book(ctx, inputs, rows, tokenizer)
+            report["open_book"] = {"k": cfg.open_book.k, "prompt_format": cfg.open_book.prompt_format.fingerprint(),
+                                   "results": four}
+            section = section.replace("![base vs tuned](eval.png)\n", "") + "\n" + ob.card_section(four, k=cfg.open_book.k)
+            ob.plot(results, four, out / "eval.png", metrics=METRICS)
+            write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in four_samples), out / "open_book_samples.jsonl")
+            stats.update({f"{name}:{cell}:{m}": v["value"] for name, res in four.items()
+                          for cell, ms in res["cells"].items() for m, v in ms.items() if v["value"] is not None})
+            stats.update({f"{name}:recall_at_k": res["recall_at_k"]["value"] for name, res in four.items()})
+        else:
+            plot_comparison(results, out / "eval.png")
+        write_json(report, out / "eval.json")
+        write_text(section, out / "eval.md")
         samples = [{"id": r["id"], "prompt": p, "reference": ref, "base": a, "tuned": b}
                    for r, p, ref, a, b in zip(rows, prompts, refs, answers["base"], answers["tuned"])]
         write_text("".join(json.dumps(s, ensure_ascii=False) + "\n" for s in samples), out / "samples.jsonl")
-        return {"split": cfg.split, "rows": len(rows),
-                **{f"{name}_{k}": round(v, 4) for name, res in results.items() for k, v in res.items()}}
+        return stats
+
+    def _open_book(self, ctx: StageContext, inputs, rows: list[dict], tokenizer) -> tuple[dict, list[dict]]:
+        """The four-way table on the held-out rows' questions and the question file (train/eval_openbook.py)."""
+        import pyarrow.parquet as pq
+
+        from curation.index import open_index
+        from curation.index.reader import CHUNKS_FILE
+        from train import eval_openbook as ob
+
+        ocfg = self.config.open_book
+        index = open_index(ob.find_index_input(ctx.inputs))
+        chunks = pq.read_table(index.path / CHUNKS_FILE, columns=["chunk_id", "source_id"])
+        chunk_source = dict(zip(chunks.column("chunk_id").to_pylist(), chunks.column("source_id").to_pylist()))
+        sets = {f"held-out {self.config.split} split": ob.heldout_questions(rows, chunk_source, ocfg.prompt_format)}
+        if ocfg.questions:
+            sets[f"questions {Path(ocfg.questions).name}"] = ob.load_questions(ocfg.questions)[: ocfg.max_questions]
+        models = {"base": lambda: load_model(inputs.base_model),
+                  "tuned": lambda: load_model(inputs.base_model, adapter=inputs.adapter)}
+        return ob.run_four_way(models, tokenizer, sets, index, k=ocfg.k, fmt=ocfg.prompt_format, generate=generate_answers,
+                               max_new_tokens=self.config.max_new_tokens, progress=ctx.progress)
 
     def summary(self, stats):
         return [(m, f"base {stats.get(f'base_{m}')} -> tuned {stats.get(f'tuned_{m}')}")
