@@ -142,8 +142,10 @@ def encode_tensor(data: np.ndarray, qtype: Any) -> np.ndarray:
     return gguf.quants.quantize(data.astype(np.float32), qtype)
 
 
-def _tensor_plan(model: Any, config: Any, quant: str) -> list[tuple[str, str, tuple[int, ...], Any]]:
-    """(HF name, GGUF name, shape, GGML type) of every tensor the file holds, in writing order."""
+def _tensor_plan(model: Any, config: Any, quant: str,
+                 raw: Mapping[str, Any] | None = None) -> list[tuple[str, str, tuple[int, ...], Any]]:
+    """(HF name, GGUF name, shape, GGML type) of every tensor the file holds, in writing order (``raw``: GGUF
+    name -> a ``gguf.ReaderTensor`` whose stored type and bytes are used instead)."""
     import gguf
 
     arch = architecture(config)
@@ -160,14 +162,25 @@ def _tensor_plan(model: Any, config: Any, quant: str) -> list[tuple[str, str, tu
             raise ConfigError("GGUF export: no GGUF name for a tensor", received=hf_name,
                               fix="extend the architecture entry in train/gguf_archs.py")
         shape = tuple(tensor.shape)
-        plan.append((hf_name, new, shape, tensor_type(new, shape, quant)))
+        plan.append((hf_name, new, shape, raw[new].tensor_type if raw is not None and new in raw
+                     else tensor_type(new, shape, quant)))
     return plan
 
 
+def _check_raw(raw: Mapping[str, Any], plan: list, extra: list) -> None:
+    """``raw`` holds exactly the tensors of ``plan`` and ``extra``, with the same shapes."""
+    want = {new: shape for _, new, shape, _ in plan} | {new: data.shape for new, data in extra}
+    have = {name: tuple(int(d) for d in reversed(t.shape)) for name, t in raw.items()}  # GGUF shapes are ne order
+    if want != have:
+        diff = sorted(set(want.items()) ^ set(have.items()))[:6]
+        raise ConfigError("GGUF export: the source GGUF's tensors are not this model's", received=diff,
+                          expected="the same tensor names and shapes as the model",
+                          fix="export from the base model that was read from this GGUF (base_model step with gguf_file:)")
 
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
-               chat_template: str | None = None, q4_0_weights: Mapping[str, np.ndarray] | None = None) -> dict[str, Any]:
+               chat_template: str | None = None, q4_0_weights: Mapping[str, np.ndarray] | None = None,
+               raw_tensors: Mapping[str, Any] | None = None, file_type: int | None = None) -> dict[str, Any]:
     """Write ``model`` (a merged, non-PEFT HF causal LM, any float dtype) + ``tokenizer`` to ``path``; returns a
     summary. Tensors are streamed: converted and written one at a time after a header built from their shapes.
 
@@ -181,14 +194,17 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
     arch = architecture(config)
     check_name(name, tokenizer)
     template = chat_template if chat_template is not None else tokenizer.chat_template
-    plan = _tensor_plan(model, config, quant)
+    plan = _tensor_plan(model, config, quant, raw_tensors)
     extra = list(arch.extra(config))  # rope factors: a few hundred floats
+    if raw_tensors is not None:
+        _check_raw(raw_tensors, plan, extra)
+        extra = [(new, np.asarray(raw_tensors[new].data)) for new, _ in extra]
     Q = gguf.GGMLQuantizationType
     counts: dict[str, int] = {}
     with atomic_path(path, suffix=".gguf") as tmp:
         w = gguf.GGUFWriter(str(tmp), gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, arch.gguf)])
         w.add_name(name)
-        w.add_file_type(getattr(gguf.LlamaFileType, FILE_TYPES[quant]))
+        w.add_file_type(file_type if file_type is not None else getattr(gguf.LlamaFileType, FILE_TYPES[quant]))
         arch.write_kv(w, config)
         tok = write_tokenizer(w, tokenizer, vocab_size=config.vocab_size, template=template)
         for new, data in extra:
@@ -203,8 +219,9 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
             counts["F32"] = counts.get("F32", 0) + 1
         state = model.state_dict()  # references to the model's tensors, no copy
         for hf_name, new, shape, qtype in plan:
-            _write_data(w, _converted(state, hf_name, qtype, config, arch, q4_0_weights=q4_0_weights),
-                        tensor_nbytes(shape, qtype))
+            pieces = ([np.asarray(raw_tensors[new].data)] if raw_tensors is not None
+                      else _converted(state, hf_name, qtype, config, arch, q4_0_weights=q4_0_weights))
+            _write_data(w, pieces, tensor_nbytes(shape, qtype))
             counts[qtype.name] = counts.get(qtype.name, 0) + 1
         w.close()
     ctx, ctx_note = context_length(config) if arch.gguf in ("LLAMA", "PHI3") else (config.max_position_embeddings, None)

@@ -66,14 +66,15 @@ def default_threads(threads: int | None) -> int:
 
 
 class GGUFModel:
-    """A GGUF file loaded in llama.cpp (CPU; memory-mapped) with one context of ``n_ctx`` tokens.
+    """A GGUF file loaded in llama.cpp (CPU; memory-mapped) with one context of ``n_ctx`` tokens; ``lora``: a LoRA
+    adapter GGUF applied on top (scale 1).
 
     ``vocab_only``: load the tokenizer only (fast; no context, no logits). ``cb_eval``: a
     ``ggml_backend_sched_eval_callback`` called for graph nodes (``collect_imatrix``).
     """
 
     def __init__(self, path: str | Path, *, n_ctx: int = 2048, n_batch: int = 256, threads: int | None = None,
-                 vocab_only: bool = False, cb_eval: Any = None):
+                 vocab_only: bool = False, cb_eval: Any = None, lora: str | Path | None = None):
         lib = bindings()
         self.lib, self.path = lib, Path(path)
         if not self.path.is_file():
@@ -104,6 +105,24 @@ class GGUFModel:
                                  fix="lower the context size (memory)")
             self.n_ctx = int(lib.llama_n_ctx(self.ctx))
             self.batch = lib.llama_batch_init(self.n_batch, 0, 1)
+            if lora is not None:
+                self._set_lora(Path(lora))
+
+    def _set_lora(self, path: Path) -> None:
+        """Load the LoRA adapter GGUF at ``path`` and apply it to the context at scale 1 (llama.cpp then scales
+        each pair by the file's ``adapter.lora.alpha`` / rank, as PEFT does)."""
+        lib = self.lib
+        self.adapter = lib.llama_adapter_lora_init(self.model, str(path).encode()) if path.is_file() else None
+        if not self.adapter:
+            self.close()
+            raise StageError("llama.cpp could not load the LoRA adapter GGUF", received=str(path),
+                             fix="the adapter must be written for this base file's architecture and tensor shapes; "
+                                 "the debug log of 'slmforge.llama_cpp' has llama.cpp's reason")
+        adapters = (lib.llama_adapter_lora_p_ctypes * 1)(self.adapter)
+        rc = lib.llama_set_adapters_lora(self.ctx, adapters, 1, (ctypes.c_float * 1)(1.0))
+        if rc != 0:
+            self.close()
+            raise StageError("llama.cpp could not apply the LoRA adapter", received=f"llama_set_adapters_lora returned {rc}")
 
     # -- metadata and tokens -------------------------------------------------------------------------------------
     def meta(self, key: str) -> str | None:
@@ -209,6 +228,9 @@ class GGUFModel:
             self.lib.llama_batch_free(self.batch)
             self.lib.llama_free(self.ctx)
             self.ctx = None
+        if getattr(self, "adapter", None):
+            self.lib.llama_adapter_lora_free(self.adapter)
+            self.adapter = None
         if getattr(self, "model", None):
             self.lib.llama_model_free(self.model)
             self.model = None
