@@ -18,7 +18,7 @@ from typing import Any
 
 from train.config import BaseModelConfig, TinyModelConfig
 from schemas.errors import ConfigError, require
-from schemas.io import read_parquet_dir
+from schemas.io import read_parquet_dir, write_json
 from schemas.stage import Stage, StageContext
 from train.chat import (CHATML_TEMPLATE, GEMMA_TEMPLATE, check_template, end_of_turn_id, train_bpe_tokenizer,
                         train_gemma_tokenizer)
@@ -174,8 +174,11 @@ class BaseModelStage(Stage[BaseModelConfig]):
                      "pretrain_first_loss": losses[0] if losses else None,
                      "pretrain_last_loss": losses[-1] if losses else None}
         elif cfg.gguf_file is not None:
+            source = (Path(cfg.path) / cfg.gguf_file).resolve()
             stats = {"source": str(Path(cfg.path) / cfg.gguf_file),
                      **convert_gguf(Path(cfg.path), cfg.gguf_file, out, chat_template=cfg.chat_template)}
+            # the export writes this file's own tensors + the LoRA as an adapter GGUF (train/gguf_lora.py)
+            write_json({"path": str(source), "bytes": source.stat().st_size}, out / "gguf_source.json")
         else:
             stats = {"source": str(cfg.path), "bytes": _copy_tree(Path(cfg.path), out)}
             if cfg.chat_template is not None:

@@ -241,7 +241,9 @@ class ExportConfig(StageConfig):
     )
     model_name: str = Field("slmforge-model", pattern=r"^[a-z0-9][a-z0-9._-]*$",
                             description="Name used in file names, the model card and the Ollama Modelfile.")
-    ollama_quantization: Quant = Field("Q8_0", description="GGUF file the Modelfile points to.")
+    ollama_quantization: Quant | Literal["base+lora"] = Field(
+        "Q8_0", description="GGUF file the Modelfile points to; base+lora: the base GGUF (FROM) + the LoRA adapter "
+        "GGUF (ADAPTER), written when base_gguf applies.")
     system_prompt: str | None = Field(None, description="Optional SYSTEM line of the Ollama Modelfile.")
     verify_tokens: int = Field(
         4096, ge=64, le=10_000_000,
@@ -305,11 +307,27 @@ class ExportConfig(StageConfig):
         "group's sizes sum to at most this (MiB); each further group costs one more pass.",
     )
     keep_merged: bool = Field(True, description="Also write the merged Hugging Face model (safetensors) to merged/.")
+    base_gguf: bool = Field(
+        True,
+        description="When the base_model step read its model from a GGUF file (gguf_file:), also write "
+        "<model_name>-base-<TYPE>.gguf (that file's tensors unchanged, TYPE its own, with this export's tokenizer and "
+        "template metadata) and <model_name>-lora-F16.gguf (the LoRA adapter in llama.cpp's adapter format), verified "
+        "together in llama.cpp against the merged model with adapter_gate. Keeps the fine-tune that re-quantising a "
+        "base already on a 4-6-bit grid rounds away (docs/train.md). No effect for other bases.",
+    )
+    adapter_gate: KLDGate = Field(
+        KLDGate(max_kld_mean=0.01, max_kld_p99=0.1, min_top1=0.95, max_ppl_ratio=1.02),
+        description="Gate of the base GGUF + LoRA adapter pair (the Q8_0 default: the pair computes the merged model "
+        "up to the adapter's F16 rounding and llama.cpp's rounding of activations in quantised matrix products).",
+    )
     threads: int | None = runtime(None, ge=1, le=512, description="torch and llama.cpp CPU threads (None: all cores).")
 
     @model_validator(mode="after")
     def _ollama_file_exported(self) -> ExportConfig:
-        if self.ollama_quantization not in self.quantizations:
+        if self.ollama_quantization == "base+lora" and not self.base_gguf:
+            raise ConfigError("export: ollama_quantization base+lora needs base_gguf: true", received=self.base_gguf,
+                              fix="set base_gguf: true, or point the Modelfile at one of the quantizations")
+        if self.ollama_quantization != "base+lora" and self.ollama_quantization not in self.quantizations:
             raise ConfigError("export: ollama_quantization must be one of the exported quantizations",
                               received=self.ollama_quantization, expected=self.quantizations,
                               fix="add it to 'quantizations:' or pick one of them for 'ollama_quantization:'")

@@ -7,7 +7,9 @@ the train split instead, ``train.q4_calibrate``, which measured far closer to th
 (training conversations and plain text tokenize to the training ids, BOS exactly once, end-of-turn is an
 end-of-generation token) -> greedy generation in llama.cpp stops at the end-of-turn token -> KL divergence,
 top-1 agreement and perplexity ratio of every file against the merged model over held-out text, gated per
-file type -> Ollama Modelfile -> model card. A failed check fails the stage after the card is written, so the
+file type -> Ollama Modelfile -> model card. When the base model was read from a GGUF, also that file's
+tensors unchanged + the LoRA as a llama.cpp adapter GGUF (``train.gguf_lora``), verified as a pair. Every phase's
+wall time goes into ``export.json`` (``timings``) and the model card. A failed check fails the stage after the card is written, so the
 reason can be read next to the files.
 """
 
@@ -26,6 +28,7 @@ from train.chat import encode_example
 from train.config import ExportConfig, KLDGate
 from train.export_card import model_card
 from train.gguf_export import write_gguf
+from train.gguf_lora import gguf_source, source_file_type, write_base_gguf, write_lora_gguf
 from train.inputs import EXAMPLE_COLUMNS, conversations, find_inputs, load_model, load_tokenizer, read_examples, torch_setup
 from train.modelfile import ollama_modelfile
 
@@ -113,6 +116,42 @@ def gate_failures(stats: dict[str, Any], gate: KLDGate) -> list[str]:
     return out
 
 
+class Timer:
+    """Wall seconds per phase, in order (``with timer("phase"):``; a phase entered twice adds up)."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, phase: str):
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed():
+            started = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.seconds[phase] = round(self.seconds.get(phase, 0.0) + time.perf_counter() - started, 3)
+        return timed()
+
+
+def base_lora_files(merged, tokenizer, source: Path, adapter: Path, out: Path, *, name: str) -> dict[str, Any]:
+    """``<name>-base-<TYPE>.gguf`` (``source``'s tensors, this export's metadata) + ``<name>-lora-F16.gguf``."""
+    started = time.perf_counter()
+    qtype = source_file_type(source)
+    base = write_base_gguf(merged, tokenizer, source, out / f"{name}-base-{qtype}.gguf", name=name)
+    lora = write_lora_gguf(adapter, merged.config, out / f"{name}-lora-F16.gguf", name=name)
+    return {"file": base["file"], "adapter": lora["file"], "type": f"{qtype} base + F16 LoRA",
+            "bytes": base["bytes"] + lora["bytes"], "method": "base GGUF + LoRA adapter", "imatrix": False,
+            "source": str(source), "lora": {k: lora[k] for k in ("alpha", "ranks", "adapted_tensors", "bytes")},
+            "write_seconds": round(time.perf_counter() - started, 3)}
+
+
+def label(f: dict[str, Any]) -> str:
+    """A file's name in tables (``base + adapter`` for the pair)."""
+    return f["file"] + (f" + {f['adapter']}" if f.get("adapter") else "")
+
+
 def quantize_all(f16: Path, out: Path, *, name: str, quants: list[str], imatrix: dict | None,
                  threads: int | None, progress, write_gptq=None) -> dict[str, dict[str, Any]]:
     """llama.cpp's quantiser from the F16 file to every type in ``quants`` except F16 (and Q4_0 when
@@ -152,6 +191,7 @@ class ExportStage(Stage[ExportConfig]):
         from train.verify import generation_check, tokenizer_check, verify_files
 
         cfg = self.config
+        timer, run_started = Timer(), time.perf_counter()
         inputs = find_inputs(ctx.inputs)
         inputs.need("examples", "base_model", "adapter", where=ctx.step)
         out = Path(ctx.out_dir)
@@ -161,22 +201,25 @@ class ExportStage(Stage[ExportConfig]):
 
         # 1. merge, and check the merge did not change the model
         dtype = model_dtype(cfg.precision)
-        merged, merge_diff, merge_n = merge_adapter(inputs.base_model, inputs.adapter, sequences,
-                                                    budget_bytes=cfg.logits_memory_mb << 20, dtype=dtype)
+        with timer("merge and merge check"):
+            merged, merge_diff, merge_n = merge_adapter(inputs.base_model, inputs.adapter, sequences,
+                                                        budget_bytes=cfg.logits_memory_mb << 20, dtype=dtype)
         if merge_diff > 1e-3:
             raise StageError("export: the merged model differs from the adapter-applied model",
                              received=f"max |logit diff| {merge_diff:.3g}", expected="<= 1e-3",
                              fix="check the adapter matches the base model (same base_model step)")
         if cfg.keep_merged:
-            merged.save_pretrained(str(out / "merged"))
-            tokenizer.save_pretrained(str(out / "merged"))
+            with timer("merged model saved"):
+                merged.save_pretrained(str(out / "merged"))
+                tokenizer.save_pretrained(str(out / "merged"))
         ctx.progress(1)
 
         # 2. the F16 file (ours), the importance matrix and the quantised files (llama.cpp's)
         started = time.perf_counter()
         f16_dir = out if "F16" in cfg.quantizations else Path(ctx.work_dir)
         f16 = f16_dir / f"{cfg.model_name}-F16.gguf"
-        info = write_gguf(merged, tokenizer, f16, quant="F16", name=cfg.model_name)
+        with timer("F16 GGUF written"):
+            write_gguf(merged, tokenizer, f16, quant="F16", name=cfg.model_name)
         f16_seconds = time.perf_counter() - started
         imatrix, imatrix_info = None, None
         if cfg.imatrix:
@@ -193,6 +236,7 @@ class ExportStage(Stage[ExportConfig]):
             imatrix_info = {"file": f"{cfg.model_name}.imatrix.gguf", "sequences": stats.sequences,
                             "tokens": stats.tokens, "tensors": len(stats.sums),
                             "seconds": round(time.perf_counter() - started, 3)}
+            timer.seconds["importance matrix"] = imatrix_info["seconds"]
         write_gptq = None
         if "Q4_0" in cfg.quantizations and cfg.q4_0_method == "gptq":
             def write_gptq(path: Path) -> dict[str, Any]:
@@ -205,21 +249,35 @@ class ExportStage(Stage[ExportConfig]):
                 return info
         files = quantize_all(f16, out, name=cfg.model_name, quants=cfg.quantizations, imatrix=imatrix,
                              threads=cfg.threads, progress=ctx.progress, write_gptq=write_gptq)
+        for q, f in files.items():
+            if q != "F16":
+                timer.seconds[f"{q} written ({f['method']})"] = f["write_seconds"]
         if "F16" in files:
             files["F16"]["write_seconds"] = round(f16_seconds, 3)
-        paths = {q: out / f["file"] for q, f in files.items()}
+        source = gguf_source(inputs.base_model) if cfg.base_gguf else None
+        if source is not None:
+            files["base+lora"] = base_lora_files(merged, tokenizer, source, inputs.adapter, out, name=cfg.model_name)
+            timer.seconds["base GGUF + LoRA adapter written"] = files["base+lora"]["write_seconds"]
+        elif cfg.ollama_quantization == "base+lora":
+            raise StageError("export: ollama_quantization base+lora, but the base model was not read from a GGUF",
+                             received=str(inputs.base_model), fix="point the Modelfile at one of the quantizations")
+        paths = {q: (out / f["file"], out / f["adapter"]) if f.get("adapter") else out / f["file"]
+                 for q, f in files.items()}
 
         # 3. tokenizer check (every file) and the stop at end-of-turn in greedy generation (the F16 file), in llama.cpp
         probe = heldout[:cfg.tokenizer_samples]
-        for q, path in paths.items():
-            with GGUFModel(path, vocab_only=True) as gguf_model:
-                files[q]["tokenizer"] = tokenizer_check(gguf_model, tokenizer, probe)
+        with timer("tokenizer checks"):
+            for q, path in paths.items():
+                with GGUFModel(path[0] if isinstance(path, tuple) else path, vocab_only=True) as gguf_model:
+                    files[q]["tokenizer"] = tokenizer_check(gguf_model, tokenizer, probe)
         generation = None
+        started = time.perf_counter()
         if cfg.generation_checks:
             convs = [c for c in heldout[:cfg.generation_checks] if c and c[-1]["role"] == "assistant"]
             n_ctx = max(len(s) for s in token_sequences(tokenizer, convs, tokens=1 << 62, max_length=1 << 30))
             with GGUFModel(f16, n_ctx=n_ctx + cfg.generation_max_tokens, threads=cfg.threads) as gguf_model:
                 generation = generation_check(gguf_model, merged, tokenizer, convs, max_new_tokens=cfg.generation_max_tokens)
+            timer.seconds["generation check"] = round(time.perf_counter() - started, 3)
         ctx.progress(1)
 
         # 4. KL divergence of every file against the merged model, held-out text, in llama.cpp
@@ -227,23 +285,30 @@ class ExportStage(Stage[ExportConfig]):
         kld = verify_files(merged, sequences, list(paths.values()), threads=cfg.threads,
                            group_bytes=cfg.verify_group_mb << 20, progress=ctx.progress)
         verify_seconds = time.perf_counter() - started
+        timer.seconds["KLD verification"] = round(verify_seconds, 3)
         failures = []
         for q, f in files.items():
-            f["verify"] = kld[f["file"]]
+            f["verify"] = dict(kld[label(f)])
+            f["verify_timing"] = f["verify"].pop("timing")
             f["bits_per_weight"] = f["verify"]["tensor_bytes"] * 8 / f["verify"]["n_params"]
-            f["gate"] = cfg.gates[q].model_dump()
-            problems = gate_failures(f["verify"], cfg.gates[q]) + f["tokenizer"]["failures"]
+            gate = cfg.adapter_gate if q == "base+lora" else cfg.gates[q]
+            f["gate"] = gate.model_dump()
+            problems = gate_failures(f["verify"], gate) + f["tokenizer"]["failures"]
             f["passed"] = not problems
-            f["sha256"] = sha256(paths[q])
+            f["sha256"] = sha256(out / f["file"])
+            if f.get("adapter"):
+                f["adapter_sha256"] = sha256(out / f["adapter"])
             if problems:
-                failures.append(f"{f['file']}: " + "; ".join(problems))
+                failures.append(f"{label(f)}: " + "; ".join(problems))
         if generation is not None and generation["failed"]:
             failures.append("greedy generation in llama.cpp (F16): " + "; ".join(generation["failures"]))
         if "F16" not in cfg.quantizations:
             f16.unlink()
 
         # 5. Ollama Modelfile and the model card
-        modelfile = ollama_modelfile(gguf_name=f"{cfg.model_name}-{cfg.ollama_quantization}.gguf",
+        pick = files["base+lora"] if cfg.ollama_quantization == "base+lora" else None
+        modelfile = ollama_modelfile(gguf_name=pick["file"] if pick else f"{cfg.model_name}-{cfg.ollama_quantization}.gguf",
+                                     adapter_name=pick["adapter"] if pick else None,
                                      tokenizer=tokenizer, system=cfg.system_prompt)
         write_text(modelfile, out / "Modelfile")
         eval_md = None
@@ -258,7 +323,9 @@ class ExportStage(Stage[ExportConfig]):
         stats = {"merge_max_abs_logit_diff": merge_diff, "merge_check_sequences": merge_n,
                  "precision": str(dtype).removeprefix("torch."), "verify_tokens": sum(len(s) - 1 for s in sequences),
                  "verify_sequences": len(sequences), "verify_seconds": round(verify_seconds, 3),
-                 "imatrix": imatrix_info, "generation": generation, "files": list(files.values())}
+                 "imatrix": imatrix_info, "generation": generation, "files": list(files.values()),
+                 "threads": cfg.threads, "timings": {**timer.seconds,
+                                                     "stage total": round(time.perf_counter() - run_started, 3)}}
         write_text(model_card(name=cfg.model_name, base=str(inputs.base_model), stats=stats, eval_md=eval_md,
                               has_loss_plot=has_loss, modelfile=modelfile), out / "README.md")
         write_json(stats, out / "export.json")
@@ -268,8 +335,8 @@ class ExportStage(Stage[ExportConfig]):
                                  "this model (pick a larger type); a tokenizer or generation failure is a GGUF metadata "
                                  "problem of the exporter (train/gguf_export.py)")
         return {"merge_max_abs_logit_diff": merge_diff, "verify_tokens": stats["verify_tokens"],
-                **{f"{f['file']}:kld": round(f["verify"]["kld_mean"], 6) for f in files.values()},
-                **{f"{f['file']}:top1": round(f["verify"]["top1"], 4) for f in files.values()}}
+                **{f"{label(f)}:kld": round(f["verify"]["kld_mean"], 6) for f in files.values()},
+                **{f"{label(f)}:top1": round(f["verify"]["top1"], 4) for f in files.values()}}
 
     def summary(self, stats):
         return [(k, str(v)) for k, v in stats.items() if k.endswith((":kld", ":top1")) or k == "verify_tokens"]

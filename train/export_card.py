@@ -12,7 +12,7 @@ def _file_rows(files: list[dict[str, Any]]) -> list[str]:
         v, g, t = f["verify"], f["gate"], f["tokenizer"]
         tok = "ok" if not t["failed"] else f"{t['failed']} differences"
         rows.append(
-            f"| {f['file']}{' (imatrix)' if f.get('imatrix') else ''}{' (GPTQ)' if f.get('method') == 'gptq' else ''} | {f['bytes'] / 2**20:,.1f} MiB | "
+            f"| {f['file']}{' + ' + f['adapter'] if f.get('adapter') else ''}{' (imatrix)' if f.get('imatrix') else ''}{' (GPTQ)' if f.get('method') == 'gptq' else ''} | {f['bytes'] / 2**20:,.1f} MiB | "
             f"{f['bits_per_weight']:.2f} | {v['kld_mean']:.6f} | {v['kld_p99']:.5f} | {100 * v['top1']:.2f} % | "
             f"{v['ppl_ratio']:.4f} | {tok} | ≤ {g['max_kld_mean']:g} / ≤ {g['max_kld_p99']:g} / ≥ {g['min_top1']:g} / "
             f"≤ {g['max_ppl_ratio']:g} | {'PASS' if f['passed'] else 'FAIL'} |")
@@ -49,6 +49,15 @@ def model_card(*, name: str, base: str, stats: dict[str, Any], eval_md: str | No
             lines += [f"`{f['file']}`: GPTQ with full-precision targets on {c['sequences']} train-split conversations "
                       f"({c['tokens']:,} tokens, damping {c['damp']}, {c['seconds']:.1f} s), written by slmforge in the "
                       "standard Q4_0 format.", ""]
+    pair = next((f for f in files if f.get("adapter")), None)
+    if pair:
+        lo = pair["lora"]
+        lines += [f"`{pair['file']}` + `{pair['adapter']}`: the base model's own GGUF (`{pair['source']}`, tensors copied "
+                  f"unchanged, this export's tokenizer and template metadata) with the LoRA adapter in llama.cpp's adapter "
+                  f"format ({lo['adapted_tensors']} weights, rank {'/'.join(map(str, lo['ranks']))}, alpha {lo['alpha']:g}, "
+                  f"{lo['bytes'] / 2**20:,.1f} MiB), run together by llama.cpp (`llama-cli -m {pair['file']} --lora "
+                  f"{pair['adapter']}`, Ollama's `ADAPTER`). The base keeps its own quantisation; the fine-tune is not "
+                  "rounded onto it.", ""]
     im = stats.get("imatrix")
     if im:
         lines += [f"Importance matrix (`{im['file']}`, llama.cpp's format): {im['sequences']} train-split conversations, "
@@ -61,6 +70,11 @@ def model_card(*, name: str, base: str, stats: dict[str, Any], eval_md: str | No
                   f"({'ok' if not gen['failed'] else 'FAILED'}).", ""]
     lines += ["## Files", ""]
     lines += [f"- `{f['file']}` sha256 `{f['sha256']}`" for f in files]
+    lines += [f"- `{f['adapter']}` sha256 `{f['adapter_sha256']}`" for f in files if f.get("adapter")]
+    timings = stats.get("timings")
+    if timings:
+        lines += ["", "## Export time", "", f"Wall seconds per phase ({stats.get('threads') or 'all'} threads):", "",
+                  "| phase | seconds |", "|---|---:|", *[f"| {k} | {v:,.1f} |" for k, v in timings.items()]]
     lines += ["", "## Run with Ollama", "", "```", f"ollama create {name} -f Modelfile", f"ollama run {name}", "```", "",
               "Modelfile:", "", "```", modelfile.rstrip(), "```", ""]
     return "\n".join(lines)

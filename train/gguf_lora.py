@@ -39,19 +39,22 @@ _UNSUPPORTED = {"use_dora": False, "alpha_pattern": {}, "lora_bias": False, "mod
 
 
 def gguf_source(base_model_dir: Path) -> Path | None:
-    """The GGUF the base model folder (``<step>/model``) was read from, per its step's ``stats.json``; None when
-    it was not read from a GGUF. A recorded file that is gone raises (the export cannot copy its tensors)."""
-    stats_file = Path(base_model_dir).parent / "stats.json"
-    if not stats_file.is_file():
+    """The GGUF the base model folder (``<step>/model``) was read from: ``gguf_source.json`` in it (written by the
+    base_model step), else its step's ``stats.json`` (runs before that file existed); None when it was not read
+    from a GGUF. A recorded file that is gone or changed raises (the export cannot copy its tensors)."""
+    record, step_stats = Path(base_model_dir) / "gguf_source.json", Path(base_model_dir).parent / "stats.json"
+    if record.is_file():
+        info = json.loads(record.read_text())
+        source, size = Path(info["path"]), info.get("bytes")
+    elif step_stats.is_file() and json.loads(step_stats.read_text()).get("gguf_file"):
+        source, size = Path(json.loads(step_stats.read_text())["source"]), None
+    else:
         return None
-    stats = json.loads(stats_file.read_text())
-    if not stats.get("gguf_file"):
-        return None
-    source = Path(stats["source"])
-    if not source.is_file():
-        raise StageError("export: the GGUF the base model was read from is gone", received=str(source),
-                         expected="the base_model step's path/gguf_file (relative paths: from the working directory)",
-                         fix="run from the recipe's directory, or set base_gguf: false on the export step")
+    if not source.is_file() or (size is not None and source.stat().st_size != size):
+        raise StageError("export: the GGUF the base model was read from is gone or changed", received=str(source),
+                         expected=f"the base_model step's gguf_file{f' ({size:,} bytes)' if size else ''}",
+                         fix="restore that file (relative paths count from the working directory), or set "
+                             "base_gguf: false on the export step")
     return source
 
 

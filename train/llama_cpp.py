@@ -245,18 +245,39 @@ class GGUFModel:
         self.close()
 
 
+def _ggml_type(name: str) -> int:
+    import gguf
+
+    try:
+        return int(gguf.GGMLQuantizationType[name])
+    except KeyError:
+        raise StageError("llama.cpp quantisation: unknown tensor type", received=name,
+                         expected="a GGML type name, e.g. F16, BF16, Q8_0, Q6_K") from None
+
+
 def quantize(src: Path, dst: Path, *, qtype: str, threads: int | None = None,
-             imatrix: Mapping[str, np.ndarray] | None = None) -> None:
+             imatrix: Mapping[str, np.ndarray] | None = None, token_embedding_type: str | None = None,
+             tensor_types: Mapping[str, str] | None = None) -> None:
     """``llama_model_quantize`` of the F16 file ``src`` into ``dst`` (llama.cpp's default tensor-type mix for
     ``qtype``, e.g. Q4_K_M keeps half of attn_v/ffn_down and the output in Q6_K). ``imatrix``: tensor name
     -> mean squared input activation per column (``Imatrix.means``); the K-quants and Q4_0 weight their
-    rounding error by it."""
+    rounding error by it. ``token_embedding_type`` (``llama-quantize --token-embedding-type``; with tied
+    embeddings also the output) and ``tensor_types`` (regex on tensor names -> GGML type name,
+    ``llama-quantize --tensor-type``) override llama.cpp's choice for those tensors."""
     lib = bindings()
     if qtype not in FTYPES:
         raise StageError("llama.cpp quantisation: unknown type", received=qtype, expected=", ".join(FTYPES))
     params = lib.llama_model_quantize_default_params()
     params.nthread, params.ftype = default_threads(threads), FTYPES[qtype]
     keep = []
+    if token_embedding_type is not None:
+        params.token_embedding_type = _ggml_type(token_embedding_type)
+    if tensor_types:
+        overrides = (lib.llama_model_tensor_override * (len(tensor_types) + 1))()
+        for i, (pattern, name) in enumerate(tensor_types.items()):
+            overrides[i].pattern, overrides[i].type = pattern.encode(), _ggml_type(name)
+        params.tt_overrides = overrides
+        keep.append(overrides)
     if imatrix:
         entries = (lib.llama_model_imatrix_data * (len(imatrix) + 1))()
         for i, (name, values) in enumerate(sorted(imatrix.items())):

@@ -153,8 +153,10 @@ def stop_tokens(tokenizer: Any, parts: TemplateParts) -> list[str]:
     return names or ([tokenizer.eos_token] if tokenizer.eos_token else [])
 
 
-def ollama_modelfile(*, gguf_name: str, tokenizer: Any, system: str | None, template: str | None = None) -> str:
-    lines = [f"FROM ./{gguf_name}", ""]
+def ollama_modelfile(*, gguf_name: str, tokenizer: Any, system: str | None, template: str | None = None,
+                     adapter_name: str | None = None) -> str:
+    """``adapter_name``: a LoRA adapter GGUF Ollama applies on top of ``gguf_name`` (``ADAPTER``)."""
+    lines = [f"FROM ./{gguf_name}", *([f"ADAPTER ./{adapter_name}"] if adapter_name else []), ""]
     try:
         parts = derive_template(tokenizer, template)
     except NotDerivable as exc:

@@ -19,6 +19,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -64,18 +65,22 @@ class KLDStats:
     def add(self, ref, logits: np.ndarray, targets: Sequence[int]) -> None:
         """``ref``: the reference's log-probabilities (torch, positions x vocabulary) or their ``RefBlock``
         (computed once when several files are compared on the same positions); ``logits``: the file's logits
-        at the same positions; ``targets``: the next token at each position."""
+        at the same positions (float32; overwritten: the maths runs in place in that buffer, so a 262k
+        vocabulary needs no second positions x vocabulary array); ``targets``: the next token at each position."""
         import torch
 
         ref = ref if isinstance(ref, RefBlock) else RefBlock(ref, targets)
-        logp = torch.log_softmax(torch.from_numpy(logits).float(), dim=-1)
-        kld = (ref.p * (ref.logp - logp)).sum(-1)
+        x = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
         idx = torch.tensor(list(targets), dtype=torch.long)[:, None]
-        self.sum_nll -= float(logp.gather(-1, idx).double().sum())
+        lse = torch.logsumexp(x, dim=-1, keepdim=True)
+        self.same_top += int((x.argmax(-1) == ref.top).sum())
+        self.sum_nll -= float((x.gather(-1, idx) - lse).double().sum())
+        x.sub_(lse)  # log p_file
+        torch.sub(ref.logp, x, out=x)  # log p_ref - log p_file
+        x.mul_(ref.p)
         self.sum_nll_ref += ref.nll
-        self.same_top += int((logp.argmax(-1) == ref.top).sum())
         self.count += len(targets)
-        self.kld.append(kld.numpy().astype(np.float64))
+        self.kld.append(x.sum(-1).numpy().astype(np.float64))
 
     def result(self) -> dict[str, Any]:
         k = np.sort(np.concatenate(self.kld)) if self.kld else np.zeros(0)
@@ -103,12 +108,25 @@ def reference_logp(model, ids: Sequence[int]):
         return torch.log_softmax(logits.float(), dim=-1).cpu()
 
 
-def file_groups(paths: Sequence[Path], *, group_bytes: int) -> list[list[Path]]:
+#: a file to verify: a GGUF path, or (base GGUF, LoRA adapter GGUF) run together
+Entry = Path | tuple[Path, Path]
+
+
+def entry_name(entry: Entry) -> str:
+    """``m-Q8_0.gguf``; ``m-base-Q4_K_M.gguf + m-lora-F16.gguf`` for a base + adapter pair."""
+    return " + ".join(p.name for p in entry) if isinstance(entry, tuple) else entry.name
+
+
+def _entry_bytes(entry: Entry) -> int:
+    return sum(p.stat().st_size for p in entry) if isinstance(entry, tuple) else entry.stat().st_size
+
+
+def file_groups(paths: Sequence[Entry], *, group_bytes: int) -> list[list[Entry]]:
     """Consecutive groups of ``paths`` whose sizes sum to at most ``group_bytes`` (a larger file alone)."""
-    groups: list[list[Path]] = []
+    groups: list[list[Entry]] = []
     used = 0
     for p in paths:
-        size = p.stat().st_size
+        size = _entry_bytes(p)
         if not groups or used + size > group_bytes:
             groups.append([])
             used = 0
@@ -117,31 +135,53 @@ def file_groups(paths: Sequence[Path], *, group_bytes: int) -> list[list[Path]]:
     return groups
 
 
-def verify_files(reference, sequences: Sequence[Sequence[int]], paths: Sequence[Path], *, threads: int | None,
-                 n_batch: int = 64, group_bytes: int = 8 << 30,
+def _open(entry: Entry, *, n_ctx: int, n_batch: int, threads: int | None) -> GGUFModel:
+    if isinstance(entry, tuple):
+        return GGUFModel(entry[0], n_ctx=n_ctx, n_batch=n_batch, threads=threads, lora=entry[1])
+    return GGUFModel(entry, n_ctx=n_ctx, n_batch=n_batch, threads=threads)
+
+
+def verify_files(reference, sequences: Sequence[Sequence[int]], paths: Sequence[Entry], *, threads: int | None,
+                 n_batch: int = 256, group_bytes: int = 8 << 30,
                  progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
-    """``KLDStats`` of every GGUF in ``paths`` against ``reference`` over every position of ``sequences``."""
+    """``KLDStats`` of every GGUF in ``paths`` (or base + LoRA pair) against ``reference`` over every position of
+    ``sequences``, keyed by ``entry_name``; each result's ``timing`` says where its time went (llama.cpp's evaluation and the
+    statistics of that file; the reference's pass, shared by the files of a group)."""
     n_ctx = max(len(s) for s in sequences)
+    n_batch = min(n_batch, n_ctx)
     results: dict[str, dict[str, Any]] = {}
     for group in file_groups(paths, group_bytes=group_bytes):
-        models = [GGUFModel(p, n_ctx=n_ctx, n_batch=n_batch, threads=threads) for p in group]
+        models = [_open(p, n_ctx=n_ctx, n_batch=n_batch, threads=threads) for p in group]
         try:
             stats = [KLDStats() for _ in models]
+            eval_s, stats_s, ref_s = [0.0] * len(models), [0.0] * len(models), 0.0
             for seq in sequences:
+                t0 = time.perf_counter()
                 ref = reference_logp(reference, seq)
-                start = 0
-                for blocks in zip(*(model.logits(seq) for model in models)):  # the files side by side, a block at a time
-                    end = min(start + len(blocks[0]), len(seq) - 1)  # the last position has no next token
-                    if end > start:
-                        block_ref = RefBlock(ref[start:end], seq[start + 1:end + 1])
-                        for st, block in zip(stats, blocks):
+                ref_s += time.perf_counter() - t0
+                streams = [model.logits(seq) for model in models]
+                for start in range(0, len(seq), n_batch):  # the files side by side, a block at a time
+                    end = min(start + n_batch, len(seq) - 1)  # the last position has no next token
+                    t0 = time.perf_counter()
+                    block_ref = RefBlock(ref[start:end], seq[start + 1:end + 1]) if end > start else None
+                    ref_s += time.perf_counter() - t0
+                    for i, (st, stream) in enumerate(zip(stats, streams)):
+                        t0 = time.perf_counter()
+                        block = next(stream)
+                        t1 = time.perf_counter()
+                        if block_ref is not None:
                             st.add(block_ref, block[:end - start], seq[start + 1:end + 1])
-                    start += len(blocks[0])
+                        eval_s[i] += t1 - t0
+                        stats_s[i] += time.perf_counter() - t1
                 if progress is not None:
                     progress(0)
-            for p, model, st in zip(group, models, stats):
-                results[p.name] = {**st.result(), "n_params": int(model.lib.llama_model_n_params(model.model)),
-                                   "tensor_bytes": int(model.lib.llama_model_size(model.model))}
+            for i, (p, model, st) in enumerate(zip(group, models, stats)):
+                adapter_bytes = p[1].stat().st_size if isinstance(p, tuple) else 0
+                results[entry_name(p)] = {
+                    **st.result(), "n_params": int(model.lib.llama_model_n_params(model.model)),
+                    "tensor_bytes": int(model.lib.llama_model_size(model.model)) + adapter_bytes,
+                    "timing": {"llama_cpp_seconds": round(eval_s[i], 3), "stats_seconds": round(stats_s[i], 3),
+                               "reference_seconds": round(ref_s, 3), "n_batch": n_batch}}
         finally:
             for m in models:
                 m.close()

@@ -91,8 +91,8 @@ def test_kld_statistics_are_llama_cpp_definitions():
     targets = torch.randint(0, 40, (50,), generator=g).tolist()
     st = KLDStats()
     ref_lp = torch.log_softmax(ref, -1)
-    st.add(ref_lp[:20], cand[:20].numpy(), targets[:20])
-    st.add(ref_lp[20:], cand[20:].numpy(), targets[20:])
+    st.add(ref_lp[:20], cand[:20].numpy().copy(), targets[:20])  # add() works in place in the logits buffer
+    st.add(ref_lp[20:], cand[20:].numpy().copy(), targets[20:])
     r = st.result()
     p, q = ref_lp.double().exp(), torch.softmax(cand.double(), -1)
     kld = (p * (p.log() - q.log())).sum(-1).numpy()
@@ -156,6 +156,22 @@ def test_llama_cpp_quantiser_writes_k_quants(tiny):
     assert sizes["Q8_0"] > sizes["Q6_K"] > sizes["Q5_K_M"] > sizes["Q4_K_M"] > sizes["Q4_0"]
     with pytest.raises(Exception, match="unknown type"):
         quantize(tiny["f16"], tiny["dir"] / "x.gguf", qtype="Q3_K_S")
+
+
+def test_quantiser_type_overrides(tiny):
+    """``token_embedding_type`` and ``tensor_types`` (regex -> type) override llama.cpp's choice, as
+    ``llama-quantize --token-embedding-type / --tensor-type`` do; the rest keeps the file type's mix."""
+    import gguf
+
+    from train.llama_cpp import quantize
+
+    path = tiny["dir"] / "t-Q8_0-mixed.gguf"
+    quantize(tiny["f16"], path, qtype="Q8_0", threads=2, token_embedding_type="F16", tensor_types={r"ffn_down": "Q6_K"})
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(path)).tensors}
+    assert types["token_embd.weight"] == "F16" and types["blk.0.ffn_down.weight"] == "Q6_K", types
+    assert types["blk.0.attn_q.weight"] == types["output.weight"] == "Q8_0", types
+    with pytest.raises(Exception, match="unknown tensor type"):
+        quantize(tiny["f16"], path, qtype="Q8_0", tensor_types={"ffn": "Q9"})
 
 
 def test_imatrix_is_llama_cpp_s_statistic_and_file_format(tiny):

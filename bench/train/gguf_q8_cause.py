@@ -1,0 +1,108 @@
+"""Where Q8_0's KL divergence comes from, measured in llama.cpp on the same held-out positions as the export:
+
+1. the model, not the exporter: the BASE model (the base_model step's folder) written to F16 by slmforge and
+   quantised to Q8_0 by llama.cpp, both compared with the base model in transformers;
+2. per tensor class: the fine-tune's F16 file quantised to Q8_0 with exactly one class of tensors in Q8_0 and
+   every other one kept F16 (``llama-quantize --tensor-type`` / ``--token-embedding-type`` through
+   ``train.llama_cpp.quantize``); for small errors the classes' KLDs add up to roughly the full Q8_0 file's;
+3. candidate settings: Q8_0 with token_embd (tied: also the output) in F16, and with the worst classes in F16.
+
+    flock /work/helpers/heavy.lock python bench/train/gguf_q8_cause.py --export /tmp/gguf_kld/export \\
+        --dataset $W/dataset/<fp> --base $W/base_model/<fp> --out /tmp/gguf_q8 [--threads 2]
+
+``--export``: a folder written by bench/train/gguf_kld.py (merged/ and <name>-F16.gguf).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+CLASSES = ["token_embd", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
+
+
+def row(name: str, v: dict, size: int) -> str:
+    return (f"| {name} | {size / 2**20:,.1f} | {v['tensor_bytes'] * 8 / v['n_params']:.2f} | {v['kld_mean']:.6f} "
+            f"± {v['kld_mean_se']:.6f} | {v['kld_p99']:.5f} | {100 * v['top1']:.2f} ± {100 * v['top1_se']:.2f} | "
+            f"{v['ppl_ratio']:.4f} |")
+
+
+HEAD = "| file | MiB | bits/weight | KLD mean | KLD p99 | top-1 % | PPL ratio |\n|---|---:|---:|---:|---:|---:|---:|"
+
+
+def only(cls: str) -> dict:
+    """Quantiser overrides: ``cls`` in Q8_0, every other 2-D tensor F16."""
+    others = [c for c in CLASSES if c not in (cls, "token_embd")]
+    return {"token_embedding_type": "Q8_0" if cls == "token_embd" else "F16",
+            "tensor_types": {rf"\.{c}\.weight$": "F16" for c in others}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--export", type=Path, required=True)
+    ap.add_argument("--dataset", type=Path, required=True)
+    ap.add_argument("--base", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--verify-tokens", type=int, default=4096)
+    ap.add_argument("--parts", default="base,classes,settings")
+    args = ap.parse_args()
+    parts = set(args.parts.split(","))
+
+    from transformers import AutoModelForCausalLM
+
+    from train.export import heldout_conversations, token_sequences
+    from train.gguf_export import write_gguf
+    from train.inputs import load_tokenizer, torch_setup
+    from train.llama_cpp import quantize
+    from train.verify import verify_files
+
+    torch_setup(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tok = load_tokenizer(args.base / "model")
+    seqs = token_sequences(tok, heldout_conversations(args.dataset), tokens=args.verify_tokens, max_length=1024)
+    print(f"{sum(len(s) - 1 for s in seqs)} held-out positions in {len(seqs)} conversations, {args.threads} threads")
+
+    if "base" in parts:
+        t0 = time.perf_counter()
+        base = AutoModelForCausalLM.from_pretrained(str(args.base / "model"), dtype="float32").eval()
+        f16 = args.out / "base-F16.gguf"
+        write_gguf(base, tok, f16, quant="F16", name="base")
+        quantize(f16, args.out / "base-Q8_0.gguf", qtype="Q8_0", threads=args.threads)
+        paths = [f16, args.out / "base-Q8_0.gguf"]
+        res = verify_files(base, seqs, paths, threads=args.threads)
+        print(f"\nBASE model (not fine-tuned) vs itself in transformers ({time.perf_counter() - t0:.1f} s):\n{HEAD}")
+        for p in paths:
+            print(row(p.name, res[p.name], p.stat().st_size))
+        del base
+
+    merged = AutoModelForCausalLM.from_pretrained(str(args.export / "merged"), dtype="float32").eval()
+    f16 = next(args.export.glob("*-F16.gguf"))
+    variants: dict[str, dict] = {"Q8_0 (llama.cpp's mix)": {}}
+    if "classes" in parts:
+        variants |= {f"only {c} in Q8_0, rest F16": only(c) for c in CLASSES}
+    if "settings" in parts:
+        variants |= {"Q8_0, token_embd F16": {"token_embedding_type": "F16"},
+                     "Q8_0, token_embd + attn_k + attn_q F16": {"token_embedding_type": "F16",
+                                                                  "tensor_types": {r"\.attn_[qk]\.weight$": "F16"}},
+                     "Q8_0, attn_k + attn_q + attn_v F16": {"tensor_types": {r"\.attn_[qkv]\.weight$": "F16"}}}
+    t0 = time.perf_counter()
+    paths = {}
+    for i, (name, kw) in enumerate(variants.items()):
+        paths[name] = args.out / f"merged-v{i}.gguf"
+        quantize(f16, paths[name], qtype="Q8_0", threads=args.threads, **kw)
+    print(f"\nquantised {len(paths)} variants in {time.perf_counter() - t0:.1f} s")
+    t0 = time.perf_counter()
+    res = verify_files(merged, seqs, list(paths.values()), threads=args.threads, group_bytes=16 << 30)
+    print(f"\nFINE-TUNE (merged model) vs the merged model in transformers ({time.perf_counter() - t0:.1f} s):\n{HEAD}")
+    for name, p in paths.items():
+        print(row(name, res[p.name], p.stat().st_size))
+
+
+if __name__ == "__main__":
+    main()
