@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -58,12 +59,15 @@ def main() -> None:
     if args.reuse and (out / "export.json").exists():  # extras only, on the files of an earlier run
         return extra_rows(args, cfg, out, [v for v in args.variants.split(",") if v])
     started = time.perf_counter()
+    load_before = os.getloadavg()
     error = None
     try:
         ExportStage(cfg).run(ctx)
     except Exception as exc:  # a failed gate is a finding: the card and export.json are written first
         error = str(exc)
     seconds = time.perf_counter() - started
+    print(f"load average (1/5/15 min) before: {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, after: "
+          + "/".join(f"{x:.2f}" for x in os.getloadavg()) + f"; {os.cpu_count()} CPUs")
     report = json.loads((out / "export.json").read_text())
     print(f"export stage ({', '.join(TYPES)} + tokenizer, generation and KLD verification): {seconds:.1f} s "
           f"wall, {args.threads} threads; {report['verify_tokens']} held-out positions in {report['verify_sequences']} "
@@ -73,7 +77,15 @@ def main() -> None:
     head = ["| file | MiB | bits/weight | KLD mean | KLD p99 | top-1 % | PPL ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
     print("\n".join(head))
     for f in report["files"]:
-        print(row(f["file"], f["verify"], f["bytes"]) + f" {'PASS' if f['passed'] else 'FAIL'} (write {f['write_seconds']} s)")
+        name = f["file"] + (f" + {f['adapter']}" if f.get("adapter") else "")
+        print(row(name, f["verify"], f["bytes"]) + f" {'PASS' if f['passed'] else 'FAIL'} (write {f['write_seconds']} s)")
+    card = (out / "README.md").read_text()
+    print("\n" + card[card.index("## Export time"):].strip())  # the phases in order (export.json sorts its keys)
+    t = report["files"][0]["verify_timing"]
+    print(f"\nverification: reference logits + probabilities (transformers, n_batch {t['n_batch']}) {t['reference_seconds']:.1f} s; "
+          "per file llama.cpp evaluation / KLD statistics: " + "; ".join(
+              f"{f['type']} {f['verify_timing']['llama_cpp_seconds']:.1f} / {f['verify_timing']['stats_seconds']:.1f} s"
+              for f in report["files"]))
     print("merged-model perplexity on the held-out text:", round(report["files"][0]["verify"]["ppl_reference"], 3))
     print("generation:", json.dumps(report["generation"]))
     print("tokenizer:", json.dumps({f["file"]: {k: f["tokenizer"][k] for k in ("chat_renderings", "texts", "failed")}
