@@ -83,15 +83,23 @@ def model_dtype(precision: str):
 
 
 def merge_adapter(base_dir: Path, adapter: Path, probe: list[list[int]], *, budget_bytes: int,
-                  dtype=None) -> tuple[Any, float, int]:
+                  dtype=None, keep_logits: list | None = None) -> tuple[Any, float, int]:
     """The merged model, the largest logit difference between it and the adapter-applied model, and on how
     many ``probe`` sequences that was measured (the first ones whose logits fit in ``budget_bytes``, at
-    least one: the adapter-applied logits must be kept until the merge is done)."""
+    least one: the adapter-applied logits must be kept until the merge is done). ``keep_logits``: a list the
+    merged model's logits of those sequences are appended to (the verification's reference reuses them)."""
     peft_model = load_model(base_dir, adapter=adapter, dtype=dtype)
     n = max(1, leading_fit(peft_model, probe, budget_bytes=budget_bytes))
     before = [item_logits(peft_model, ids) for ids in probe[:n]]
     merged = peft_model.merge_and_unload().eval()
-    return merged, max(float((b - item_logits(merged, ids)).abs().max()) for b, ids in zip(before, probe[:n])), n
+    diff = 0.0
+    for i, ids in enumerate(probe[:n]):
+        after = item_logits(merged, ids)
+        diff = max(diff, float((before[i] - after).abs().max()))
+        before[i] = None
+        if keep_logits is not None:
+            keep_logits.append(after)
+    return merged, diff, n
 
 
 def sha256(path: Path) -> str:
@@ -202,8 +210,10 @@ class ExportStage(Stage[ExportConfig]):
         # 1. merge, and check the merge did not change the model
         dtype = model_dtype(cfg.precision)
         with timer("merge and merge check"):
+            merged_logits: list = []  # the merge check's merged-model logits: the verification's first reference
             merged, merge_diff, merge_n = merge_adapter(inputs.base_model, inputs.adapter, sequences,
-                                                        budget_bytes=cfg.logits_memory_mb << 20, dtype=dtype)
+                                                        budget_bytes=cfg.logits_memory_mb << 20, dtype=dtype,
+                                                        keep_logits=merged_logits)
         if merge_diff > 1e-3:
             raise StageError("export: the merged model differs from the adapter-applied model",
                              received=f"max |logit diff| {merge_diff:.3g}", expected="<= 1e-3",
@@ -282,7 +292,7 @@ class ExportStage(Stage[ExportConfig]):
 
         # 4. KL divergence of every file against the merged model, held-out text, in llama.cpp
         started = time.perf_counter()
-        kld = verify_files(merged, sequences, list(paths.values()), threads=cfg.threads,
+        kld = verify_files(merged, sequences, list(paths.values()), threads=cfg.threads, reference_logits=merged_logits,
                            group_bytes=cfg.verify_group_mb << 20, progress=ctx.progress)
         verify_seconds = time.perf_counter() - started
         timer.seconds["KLD verification"] = round(verify_seconds, 3)

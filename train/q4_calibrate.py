@@ -233,7 +233,7 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
     32, keyed by state-dict name, plus stats. ``model`` is left as it was (weights restored)."""
     import torch
 
-    t0 = time.perf_counter()
+    started = time.perf_counter()
     layers = _decoder_layers(model)
     names = {id(mod): name for name, mod in model.named_modules()}
     saved: dict[str, tuple[Any, Any]] = {}
@@ -243,22 +243,31 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
         valid = [mask.bool().to(model.device) for _, mask in batches]
         h_q, kwargs = _capture(model, layers, batches)
         h_fp = h_q
+        forward_s = rounding_s = 0.0
         for layer, kws in zip(layers, kwargs):
+            t0 = time.perf_counter()
             groups = _linear_groups(layer, h_q[0], kws[0])
             # full-precision inputs of every group (one pass of the unrounded layer) and its outputs
             x_fp, h_fp = _run_layer(layer, h_fp, kws, valid, {g[0][0]: g[0][1] for g in groups})
+            forward_s += time.perf_counter() - t0
             for group in groups:
                 first, module = group[0]
+                t0 = time.perf_counter()
                 x, _ = _run_layer(layer, h_q, kws, valid, {first: module}, stop=True)
                 weights = [mod.weight.detach().cpu() for _, mod in group]
-                for (name, mod), (q, d) in zip(group, _calibrated(weights, x[first], x_fp[first], damp=damp)):
+                t1 = time.perf_counter()
+                rounded = _calibrated(weights, x[first], x_fp[first], damp=damp)
+                forward_s, rounding_s = forward_s + t1 - t0, rounding_s + time.perf_counter() - t1
+                for (name, mod), (q, d) in zip(group, rounded):
                     key = names[id(mod)] + ".weight"
                     saved[key] = (mod, mod.weight.detach().clone())
                     result[key] = pack_q4_0(q.reshape(-1, BLOCK), d.reshape(-1)).reshape(q.shape[0], -1)
                     with torch.no_grad():
                         mod.weight.copy_(torch.from_numpy(q * np.repeat(d, BLOCK, axis=1)).to(mod.weight))
                 del x_fp[first]
+            t0 = time.perf_counter()
             _, h_q = _run_layer(layer, h_q, kws, valid, {})
+            forward_s += time.perf_counter() - t0
             if progress is not None:
                 progress(1)
     finally:
@@ -266,5 +275,6 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
             for mod, weight in saved.values():
                 mod.weight.copy_(weight)
     stats = {"method": "gptq", "sequences": len(sequences), "tokens": int(sum(len(s) for s in sequences)),
-             "damp": damp, "tensors": len(result), "seconds": round(time.perf_counter() - t0, 3)}
+             "damp": damp, "tensors": len(result), "seconds": round(time.perf_counter() - started, 3),
+             "forward_seconds": round(forward_s, 3), "rounding_seconds": round(rounding_s, 3)}
     return result, stats

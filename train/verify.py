@@ -142,11 +142,14 @@ def _open(entry: Entry, *, n_ctx: int, n_batch: int, threads: int | None) -> GGU
 
 
 def verify_files(reference, sequences: Sequence[Sequence[int]], paths: Sequence[Entry], *, threads: int | None,
-                 n_batch: int = 256, group_bytes: int = 8 << 30,
+                 n_batch: int = 256, group_bytes: int = 8 << 30, reference_logits: Sequence[Any] = (),
                  progress: Callable[[int], None] | None = None) -> dict[str, dict[str, Any]]:
     """``KLDStats`` of every GGUF in ``paths`` (or base + LoRA pair) against ``reference`` over every position of
     ``sequences``, keyed by ``entry_name``; each result's ``timing`` says where its time went (llama.cpp's evaluation and the
-    statistics of that file; the reference's pass, shared by the files of a group)."""
+    statistics of that file; the reference's pass, shared by the files of a group). ``reference_logits``: the
+    reference's logits of the first sequences when already computed (the export's merge check), used as they are."""
+    import torch
+
     n_ctx = max(len(s) for s in sequences)
     n_batch = min(n_batch, n_ctx)
     results: dict[str, dict[str, Any]] = {}
@@ -155,9 +158,10 @@ def verify_files(reference, sequences: Sequence[Sequence[int]], paths: Sequence[
         try:
             stats = [KLDStats() for _ in models]
             eval_s, stats_s, ref_s = [0.0] * len(models), [0.0] * len(models), 0.0
-            for seq in sequences:
+            for n, seq in enumerate(sequences):
                 t0 = time.perf_counter()
-                ref = reference_logp(reference, seq)
+                ref = (torch.log_softmax(reference_logits[n].float(), dim=-1) if n < len(reference_logits)
+                       else reference_logp(reference, seq))
                 ref_s += time.perf_counter() - t0
                 streams = [model.logits(seq) for model in models]
                 for start in range(0, len(seq), n_batch):  # the files side by side, a block at a time

@@ -219,3 +219,21 @@ def test_imatrix_is_llama_cpp_s_statistic_and_file_format(tiny):
         deq = gguf.quants.dequantize(t.data, t.tensor_type).reshape(w.shape)
         errors[label] = float((((deq - w) ** 2) * means["blk.0.ffn_down.weight"][None, :]).sum())
     assert errors["weighted"] < errors["plain"]
+
+
+def test_verify_files_reuses_given_reference_logits(tiny):
+    """Reference logits passed in (the export's merge check computed them) give the same statistics as the
+    reference's own pass; wrong ones would show."""
+    import torch
+
+    from train.verify import verify_files
+
+    seqs = [tiny["ids"][:120], tiny["ids"][120:200], tiny["ids"][200:]]
+    with torch.no_grad():
+        cached = [tiny["model"](input_ids=torch.tensor([s])).logits[0].float() for s in seqs[:2]]
+    fresh = verify_files(tiny["model"], seqs, [tiny["f16"]], threads=2, n_batch=32)["t-F16.gguf"]
+    reused = verify_files(tiny["model"], seqs, [tiny["f16"]], threads=2, n_batch=32, reference_logits=cached)["t-F16.gguf"]
+    for key in ("tokens", "kld_mean", "kld_p99", "top1", "ppl_ratio"):
+        assert reused[key] == pytest.approx(fresh[key], rel=1e-6, abs=1e-12), key
+    shifted = verify_files(tiny["model"], seqs, [tiny["f16"]], threads=2, reference_logits=[c * 2 for c in cached])
+    assert shifted["t-F16.gguf"]["kld_mean"] > 100 * max(fresh["kld_mean"], 1e-9)
