@@ -195,7 +195,8 @@ class ExportStage(Stage[ExportConfig]):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         torch_setup(self.config.threads)
-        from train.llama_cpp import GGUFModel, collect_imatrix, save_imatrix
+        from train.llama_cpp import GGUFModel
+        from train.llama_imatrix import collect_imatrix, save_imatrix
         from train.verify import generation_check, tokenizer_check, verify_files
 
         cfg = self.config

@@ -102,7 +102,8 @@ def extra_rows(args, cfg, out: Path, variants: list[str]) -> None:
     from train.export import heldout_conversations, token_sequences
     from train.gguf_export import write_gguf
     from train.inputs import conversations, load_tokenizer, read_examples
-    from train.llama_cpp import collect_imatrix, quantize
+    from train.llama_cpp import quantize
+    from train.llama_imatrix import collect_imatrix
     from train.verify import verify_files
 
     tok = load_tokenizer(args.base / "model")

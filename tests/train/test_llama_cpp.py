@@ -180,7 +180,8 @@ def test_imatrix_is_llama_cpp_s_statistic_and_file_format(tiny):
     import gguf
     import torch
 
-    from train.llama_cpp import collect_imatrix, quantize, save_imatrix
+    from train.llama_cpp import quantize
+    from train.llama_imatrix import collect_imatrix, save_imatrix
 
     model, ids = tiny["model"], tiny["ids"]
     seqs = [ids[:200], ids[100:300]]
