@@ -334,7 +334,9 @@ class ExportStage(Stage[ExportConfig]):
         stats = {"merge_max_abs_logit_diff": merge_diff, "merge_check_sequences": merge_n,
                  "precision": str(dtype).removeprefix("torch."), "verify_tokens": sum(len(s) - 1 for s in sequences),
                  "verify_sequences": len(sequences), "verify_seconds": round(verify_seconds, 3),
-                 "imatrix": imatrix_info, "generation": generation, "files": list(files.values()),
+                 "imatrix": imatrix_info, "generation": generation, "files": [f for q, f in files.items() if q != "base+lora"],
+                 # apart from "files": a consumer of those (the bundle) takes each as a whole model on its own
+                 "base_lora": files.get("base+lora"),
                  "threads": cfg.threads, "timings": {**timer.seconds,
                                                      "stage total": round(time.perf_counter() - run_started, 3)}}
         write_text(model_card(name=cfg.model_name, base=str(inputs.base_model), stats=stats, eval_md=eval_md,

@@ -21,7 +21,7 @@ def _file_rows(files: list[dict[str, Any]]) -> list[str]:
 
 def model_card(*, name: str, base: str, stats: dict[str, Any], eval_md: str | None, has_loss_plot: bool,
                modelfile: str) -> str:
-    files = stats["files"]
+    files = stats["files"] + ([stats["base_lora"]] if stats.get("base_lora") else [])
     lines = [f"# {name}", "", f"LoRA fine-tune of `{base}`, merged and exported to GGUF by slmforge.", ""]
     if eval_md:
         lines += [eval_md, ""]

@@ -76,7 +76,7 @@ def main() -> None:
         print("stage FAILED:", error[:2000])
     head = ["| file | MiB | bits/weight | KLD mean | KLD p99 | top-1 % | PPL ratio |", "|---|---:|---:|---:|---:|---:|---:|"]
     print("\n".join(head))
-    for f in report["files"]:
+    for f in report["files"] + ([report["base_lora"]] if report.get("base_lora") else []):
         name = f["file"] + (f" + {f['adapter']}" if f.get("adapter") else "")
         print(row(name, f["verify"], f["bytes"]) + f" {'PASS' if f['passed'] else 'FAIL'} (write {f['write_seconds']} s)")
     card = (out / "README.md").read_text()
@@ -85,7 +85,7 @@ def main() -> None:
     print(f"\nverification: reference logits + probabilities (transformers, n_batch {t['n_batch']}) {t['reference_seconds']:.1f} s; "
           "per file llama.cpp evaluation / KLD statistics: " + "; ".join(
               f"{f['type']} {f['verify_timing']['llama_cpp_seconds']:.1f} / {f['verify_timing']['stats_seconds']:.1f} s"
-              for f in report["files"]))
+              for f in report["files"] + ([report["base_lora"]] if report.get("base_lora") else [])))
     print("merged-model perplexity on the held-out text:", round(report["files"][0]["verify"]["ppl_reference"], 3))
     print("generation:", json.dumps(report["generation"]))
     print("tokenizer:", json.dumps({f["file"]: {k: f["tokenizer"][k] for k in ("chat_renderings", "texts", "failed")}

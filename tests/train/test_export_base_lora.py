@@ -49,7 +49,9 @@ def exported(tmp_path_factory):
 
 def test_base_and_adapter_pair_verified_in_llama_cpp(exported):
     files = {f["file"]: f for f in exported["export"]["files"]}
-    pair = files["gemma-tiny-base-Q8_0.gguf"]
+    pair = exported["export"]["base_lora"]
+    assert set(files) == {"gemma-tiny-F16.gguf", "gemma-tiny-Q8_0.gguf"}  # the pair is not a file of its own
+    assert pair["file"] == "gemma-tiny-base-Q8_0.gguf"
     assert pair["adapter"] == "gemma-tiny-lora-F16.gguf" and pair["type"] == "Q8_0 base + F16 LoRA"
     assert pair["tokenizer"]["failed"] == 0 and pair["tokenizer"]["add_bos"], pair["tokenizer"]
     assert pair["passed"] and pair["gate"]["max_kld_mean"] == 0.01, pair
