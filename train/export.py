@@ -28,7 +28,7 @@ from train.chat import encode_example
 from train.config import ExportConfig, KLDGate
 from train.export_card import model_card
 from train.gguf_export import write_gguf
-from train.gguf_lora import gguf_source, source_file_type, write_base_gguf, write_lora_gguf
+from train.gguf_lora import gguf_source, read_source, write_base_gguf, write_lora_gguf
 from train.inputs import EXAMPLE_COLUMNS, conversations, find_inputs, load_model, load_tokenizer, read_examples, torch_setup
 from train.modelfile import ollama_modelfile
 
@@ -146,8 +146,8 @@ class Timer:
 def base_lora_files(merged, tokenizer, source: Path, adapter: Path, out: Path, *, name: str) -> dict[str, Any]:
     """``<name>-base-<TYPE>.gguf`` (``source``'s tensors, this export's metadata) + ``<name>-lora-F16.gguf``."""
     started = time.perf_counter()
-    qtype = source_file_type(source)
-    base = write_base_gguf(merged, tokenizer, source, out / f"{name}-base-{qtype}.gguf", name=name)
+    reader, qtype = read_source(source)
+    base = write_base_gguf(merged, tokenizer, reader, out / f"{name}-base-{qtype}.gguf", name=name)
     lora = write_lora_gguf(adapter, merged.config, out / f"{name}-lora-F16.gguf", name=name)
     return {"file": base["file"], "adapter": lora["file"], "type": f"{qtype} base + F16 LoRA",
             "bytes": base["bytes"] + lora["bytes"], "method": "base GGUF + LoRA adapter", "imatrix": False,

@@ -58,24 +58,23 @@ def gguf_source(base_model_dir: Path) -> Path | None:
     return source
 
 
-def source_file_type(source: Path) -> str:
-    """``Q4_K_M`` etc.: the source GGUF's ``general.file_type`` name."""
+def read_source(source: Path) -> tuple[Any, str]:
+    """``source`` opened with ``gguf.GGUFReader`` (parsing its metadata takes seconds for a 262k vocabulary: open it
+    once) and its ``general.file_type`` name, e.g. ``Q4_K_M``."""
     import gguf
 
     reader = gguf.GGUFReader(str(source))
     field = reader.get_field("general.file_type")
     value = int(field.contents()) if field is not None else 0
-    return gguf.LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    return reader, gguf.LlamaFileType(value).name.removeprefix("MOSTLY_").removeprefix("ALL_")
 
 
-def write_base_gguf(model: Any, tokenizer: Any, source: Path, path: Path, *, name: str) -> dict[str, Any]:
-    """``source``'s tensors unchanged, with the metadata this export writes for ``model`` (same architecture,
-    tensor names and shapes, else ``ConfigError``)."""
-    import gguf
-
+def write_base_gguf(model: Any, tokenizer: Any, source: Path | Any, path: Path, *, name: str) -> dict[str, Any]:
+    """``source``'s tensors unchanged (a path or its ``read_source`` reader), with the metadata this export writes
+    for ``model`` (same architecture, tensor names and shapes, else ``ConfigError``)."""
     from train.gguf_export import write_gguf
 
-    reader = gguf.GGUFReader(str(source))
+    reader = read_source(source)[0] if isinstance(source, (str, Path)) else source
     field = reader.get_field("general.file_type")
     return write_gguf(model, tokenizer, path, quant="F16", name=name, raw_tensors={t.name: t for t in reader.tensors},
                       file_type=int(field.contents()) if field is not None else None)

@@ -1,5 +1,8 @@
 """Where Q8_0's KL divergence comes from, measured in llama.cpp on the same held-out positions as the export:
 
+0. ``floor``: the base model's own GGUF (the export's ``*-base-*.gguf``) alone vs the base model in transformers,
+   its exact dequantisation: what llama.cpp's runtime rounding (activations quantised for quantised matrix
+   products) costs that file; ``nbatch``: the F16 file at llama.cpp batch sizes 64 and 128;
 1. the model, not the exporter: the BASE model (the base_model step's folder) written to F16 by slmforge and
    quantised to Q8_0 by llama.cpp, both compared with the base model in transformers;
 2. per tensor class: the fine-tune's F16 file quantised to Q8_0 with exactly one class of tensors in Q8_0 and
@@ -50,7 +53,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--verify-tokens", type=int, default=4096)
-    ap.add_argument("--parts", default="base,classes,settings")
+    ap.add_argument("--parts", default="base,floor,nbatch,classes,settings")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
 
@@ -68,6 +71,15 @@ def main() -> None:
     seqs = token_sequences(tok, heldout_conversations(args.dataset), tokens=args.verify_tokens, max_length=1024)
     print(f"{sum(len(s) - 1 for s in seqs)} held-out positions in {len(seqs)} conversations, {args.threads} threads")
 
+    if "floor" in parts:  # the base model's own GGUF alone in llama.cpp vs its exact dequantisation in transformers
+        base = AutoModelForCausalLM.from_pretrained(str(args.base / "model"), dtype="float32").eval()
+        paths = sorted(args.export.glob("*-base-*.gguf"))
+        res = verify_files(base, seqs, paths, threads=args.threads)
+        print(f"\nthe base model's GGUF alone vs the BASE model in transformers (llama.cpp's own rounding):\n{HEAD}")
+        for p in paths:
+            print(row(p.name, res[p.name], p.stat().st_size))
+        del base
+
     if "base" in parts:
         t0 = time.perf_counter()
         base = AutoModelForCausalLM.from_pretrained(str(args.base / "model"), dtype="float32").eval()
@@ -82,8 +94,13 @@ def main() -> None:
         del base
 
     merged = AutoModelForCausalLM.from_pretrained(str(args.export / "merged"), dtype="float32").eval()
-    f16 = next(args.export.glob("*-F16.gguf"))
-    variants: dict[str, dict] = {"Q8_0 (llama.cpp's mix)": {}}
+    f16 = next(p for p in args.export.glob("*-F16.gguf") if "-lora-" not in p.name)
+    if "nbatch" in parts:  # llama.cpp's batch size and the F16 file's KLD (reference computed here, not reused)
+        for nb in (64, 128):
+            r = verify_files(merged, seqs, [f16], threads=args.threads, n_batch=nb)[f16.name]
+            print(f"\nF16 vs merged, llama.cpp n_batch {nb}: KLD {r['kld_mean']:.7f}, p99 {r['kld_p99']:.6f}, "
+                  f"top-1 {100 * r['top1']:.2f} %, PPL ratio {r['ppl_ratio']:.5f}")
+    variants: dict[str, dict] = {"Q8_0 (llama.cpp's mix)": {}} if {"classes", "settings"} & parts else {}
     if "classes" in parts:
         variants |= {f"only {c} in Q8_0, rest F16": only(c) for c in CLASSES}
     if "settings" in parts:
@@ -91,6 +108,8 @@ def main() -> None:
                      "Q8_0, token_embd + attn_k + attn_q F16": {"token_embedding_type": "F16",
                                                                   "tensor_types": {r"\.attn_[qk]\.weight$": "F16"}},
                      "Q8_0, attn_k + attn_q + attn_v F16": {"tensor_types": {r"\.attn_[qkv]\.weight$": "F16"}}}
+    if not variants:
+        return
     t0 = time.perf_counter()
     paths = {}
     for i, (name, kw) in enumerate(variants.items()):
