@@ -308,7 +308,7 @@ class ExportConfig(StageConfig):
     )
     keep_merged: bool = Field(True, description="Also write the merged Hugging Face model (safetensors) to merged/.")
     base_gguf: bool = Field(
-        True,
+        False,
         description="When the base_model step read its model from a GGUF file (gguf_file:), also write "
         "<model_name>-base-<TYPE>.gguf (that file's tensors unchanged, TYPE its own, with this export's tokenizer and "
         "template metadata) and <model_name>-lora-F16.gguf (the LoRA adapter in llama.cpp's adapter format), verified "

@@ -40,7 +40,7 @@ def exported(tmp_path_factory):
     TrainStage(TrainConfig(max_steps=6, learning_rate=3e-3, batch_size=8, rank=8, alpha=16, threads=2)).run(
         make_ctx(root, "train", {"dataset": dataset, "base": root / "base"}))
     cfg = ExportConfig(model_name="gemma-tiny", quantizations=["F16", "Q8_0"], keep_merged=False, tokenizer_samples=4,
-                       generation_checks=2, threads=2, ollama_quantization="base+lora")
+                       generation_checks=2, threads=2, ollama_quantization="base+lora", base_gguf=True)
     stats = ExportStage(cfg).run(make_ctx(root, "export", {"dataset": dataset, "base": root / "base",
                                                            "train": root / "train"}))
     return {"root": root, "out": root / "export", "stats": stats, "published": published / "tiny-Q8_0.gguf",
