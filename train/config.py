@@ -225,6 +225,17 @@ DEFAULT_GATES: dict[str, dict[str, float]] = {
 Quant = Literal["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"]
 
 
+class TensorTypes(Strict):
+    """Tensor types llama.cpp's quantiser uses instead of its own mix for one file type (``llama-quantize
+    --token-embedding-type`` / ``--tensor-type``). The file keeps its name; the model card lists the overrides
+    and the file's size and bits per weight show their cost."""
+
+    token_embedding_type: Literal["F32", "F16", "BF16", "Q8_0", "Q6_K"] | None = Field(
+        None, description="Type of token_embd (with tied embeddings also the output projection); None: llama.cpp's.")
+    tensor_types: dict[str, Literal["F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K", "Q4_K", "Q5_0", "Q4_0"]] = Field(
+        {}, description="Regular expression on GGUF tensor names (e.g. '\\.attn_[qk]\\.weight$') -> type.")
+
+
 class ExportConfig(StageConfig):
     """Merge the adapter, write the F16 GGUF, quantise it with llama.cpp, and verify every file in llama.cpp.
 
@@ -307,6 +318,9 @@ class ExportConfig(StageConfig):
         "group's sizes sum to at most this (MiB); each further group costs one more pass.",
     )
     keep_merged: bool = Field(True, description="Also write the merged Hugging Face model (safetensors) to merged/.")
+    tensor_types: dict[Quant, TensorTypes] = Field(
+        {}, description="Per file type, tensor types that override llama.cpp's mix (e.g. Q8_0 with token_embd in F16); "
+        "not for F16 or a GPTQ Q4_0. Measured effects: docs/train.md.")
     base_gguf: bool = Field(
         False,
         description="When the base_model step read its model from a GGUF file (gguf_file:), also write "
@@ -328,6 +342,10 @@ class ExportConfig(StageConfig):
         if self.ollama_quantization == "base+lora" and not self.base_gguf:
             raise ConfigError("export: ollama_quantization base+lora needs base_gguf: true", received=self.base_gguf,
                               fix="set base_gguf: true, or point the Modelfile at one of the quantizations")
+        bad = [q for q in self.tensor_types if q == "F16" or (q == "Q4_0" and self.q4_0_method == "gptq")]
+        if bad:
+            raise ConfigError("export: tensor_types applies to files llama.cpp quantises", received=bad,
+                              fix="remove them, or set q4_0_method: llama.cpp for Q4_0")
         if self.ollama_quantization != "base+lora" and self.ollama_quantization not in self.quantizations:
             raise ConfigError("export: ollama_quantization must be one of the exported quantizations",
                               received=self.ollama_quantization, expected=self.quantizations,

@@ -161,7 +161,8 @@ def label(f: dict[str, Any]) -> str:
 
 
 def quantize_all(f16: Path, out: Path, *, name: str, quants: list[str], imatrix: dict | None,
-                 threads: int | None, progress, write_gptq=None) -> dict[str, dict[str, Any]]:
+                 threads: int | None, progress, write_gptq=None,
+                 tensor_types: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """llama.cpp's quantiser from the F16 file to every type in ``quants`` except F16 (and Q4_0 when
     ``write_gptq(path)`` is given: GPTQ-calibrated, written by slmforge; returns the calibration's stats)."""
     from train.llama_cpp import quantize
@@ -175,11 +176,15 @@ def quantize_all(f16: Path, out: Path, *, name: str, quants: list[str], imatrix:
         if q == "Q4_0" and write_gptq is not None:
             calibration, method = write_gptq(path), "gptq"
         elif q != "F16":
-            quantize(f16, path, qtype=q, threads=threads, imatrix=imatrix)
+            override = (tensor_types or {}).get(q)
+            quantize(f16, path, qtype=q, threads=threads, imatrix=imatrix,
+                     **({"token_embedding_type": override.token_embedding_type,
+                         "tensor_types": override.tensor_types} if override else {}))
         if q != "F16":
             progress(1)
         files[q] = {"file": path.name, "type": q, "bytes": path.stat().st_size, "method": method,
                     "imatrix": imatrix is not None and method == "llama.cpp",
+                    **({"tensor_types": tensor_types[q].model_dump()} if q in (tensor_types or {}) else {}),
                     "write_seconds": round(time.perf_counter() - started, 3),
                     **({"calibration": calibration} if calibration else {})}
     return files
@@ -259,7 +264,8 @@ class ExportStage(Stage[ExportConfig]):
                 write_gguf(merged, tokenizer, path, quant="Q4_0", name=cfg.model_name, q4_0_weights=weights)
                 return info
         files = quantize_all(f16, out, name=cfg.model_name, quants=cfg.quantizations, imatrix=imatrix,
-                             threads=cfg.threads, progress=ctx.progress, write_gptq=write_gptq)
+                             threads=cfg.threads, progress=ctx.progress, write_gptq=write_gptq,
+                             tensor_types=cfg.tensor_types)
         for q, f in files.items():
             if q != "F16":
                 timer.seconds[f"{q} written ({f['method']})"] = f["write_seconds"]

@@ -5,6 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 
+def _overrides(f: dict[str, Any]) -> str:
+    t = f.get("tensor_types")
+    if not t:
+        return ""
+    parts = ([f"token_embd {t['token_embedding_type']}"] if t.get("token_embedding_type") else [])
+    parts += [f"`{k}` {v}" for k, v in t.get("tensor_types", {}).items()]
+    return " (types set: " + ", ".join(parts) + ")"
+
+
 def _file_rows(files: list[dict[str, Any]]) -> list[str]:
     rows = ["| file | size | bits/weight | KLD mean | KLD p99 | top-1 | PPL ratio | tokenizer | gate (KLD mean / p99 / top-1 / PPL) | result |",
             "|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
@@ -12,7 +21,7 @@ def _file_rows(files: list[dict[str, Any]]) -> list[str]:
         v, g, t = f["verify"], f["gate"], f["tokenizer"]
         tok = "ok" if not t["failed"] else f"{t['failed']} differences"
         rows.append(
-            f"| {f['file']}{' + ' + f['adapter'] if f.get('adapter') else ''}{' (imatrix)' if f.get('imatrix') else ''}{' (GPTQ)' if f.get('method') == 'gptq' else ''} | {f['bytes'] / 2**20:,.1f} MiB | "
+            f"| {f['file']}{' + ' + f['adapter'] if f.get('adapter') else ''}{' (imatrix)' if f.get('imatrix') else ''}{' (GPTQ)' if f.get('method') == 'gptq' else ''}{_overrides(f)} | {f['bytes'] / 2**20:,.1f} MiB | "
             f"{f['bits_per_weight']:.2f} | {v['kld_mean']:.6f} | {v['kld_p99']:.5f} | {100 * v['top1']:.2f} % | "
             f"{v['ppl_ratio']:.4f} | {tok} | ≤ {g['max_kld_mean']:g} / ≤ {g['max_kld_p99']:g} / ≥ {g['min_top1']:g} / "
             f"≤ {g['max_ppl_ratio']:g} | {'PASS' if f['passed'] else 'FAIL'} |")

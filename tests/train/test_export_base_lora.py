@@ -40,7 +40,8 @@ def exported(tmp_path_factory):
     TrainStage(TrainConfig(max_steps=6, learning_rate=3e-3, batch_size=8, rank=8, alpha=16, threads=2)).run(
         make_ctx(root, "train", {"dataset": dataset, "base": root / "base"}))
     cfg = ExportConfig(model_name="gemma-tiny", quantizations=["F16", "Q8_0"], keep_merged=False, tokenizer_samples=4,
-                       generation_checks=2, threads=2, ollama_quantization="base+lora", base_gguf=True)
+                       generation_checks=2, threads=2, ollama_quantization="base+lora", base_gguf=True,
+                       tensor_types={"Q8_0": {"token_embedding_type": "F16"}})
     stats = ExportStage(cfg).run(make_ctx(root, "export", {"dataset": dataset, "base": root / "base",
                                                            "train": root / "train"}))
     return {"root": root, "out": root / "export", "stats": stats, "published": published / "tiny-Q8_0.gguf",
@@ -93,3 +94,22 @@ def test_base_lora_needs_a_gguf_base(tmp_path):
 
     with pytest.raises(ConfigError, match="base_gguf"):
         ExportConfig(ollama_quantization="base+lora", base_gguf=False)
+
+
+def test_tensor_type_overrides_are_applied_and_shown(exported):
+    """tensor_types: llama.cpp's quantiser keeps token_embd in F16 in the Q8_0 file; the card says so."""
+    import gguf
+
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(str(exported["out"] / "gemma-tiny-Q8_0.gguf")).tensors}
+    assert types["token_embd.weight"] == "F16" and types["blk.0.attn_q.weight"] == "Q8_0", types
+    q8 = next(f for f in exported["export"]["files"] if f["file"] == "gemma-tiny-Q8_0.gguf")
+    assert q8["tensor_types"] == {"token_embedding_type": "F16", "tensor_types": {}}
+    assert "gemma-tiny-Q8_0.gguf (types set: token_embd F16)" in (exported["out"] / "README.md").read_text()
+
+
+def test_tensor_types_only_for_llama_cpp_files():
+    from schemas.errors import ConfigError
+    from train.config import ExportConfig
+
+    with pytest.raises(ConfigError, match="tensor_types"):
+        ExportConfig(tensor_types={"Q4_0": {"token_embedding_type": "F16"}})
