@@ -41,7 +41,7 @@ STAGES: dict[str, StageType] = {
     "chunk": StageType("synth.config:ChunkConfig", "synth.chunking:ChunkStage"),
     "index": StageType("curation.index.config:IndexConfig", "curation.index.stage:IndexStage"),
     "synth": StageType("synth.config:SynthConfig", "synth.stage:SynthStage"),
-    "synth_filter": StageType("synth.config:SynthFilterConfig", "synth.filter:SynthFilterStage"),
+    "synth_filter": StageType("synth.checks:SynthFilterConfig", "synth.filter:SynthFilterStage"),
     "dataset": StageType("train.config:DatasetConfig", "train.dataset:DatasetStage"),
     "base_model": StageType("train.config:BaseModelConfig", "train.base_model:BaseModelStage"),
     "train": StageType("train.config:TrainConfig", "train.sft:TrainStage"),
