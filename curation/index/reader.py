@@ -7,7 +7,9 @@
 
 A folder holds ``index.json`` (format, backend, tokenizer and scoring settings, chunk count),
 ``chunks.parquet`` (chunk_id, source_id, doc_id, span_start, span_end, title, heading, text) and the
-backend's files (``bm25/``, ``dense/``). It is self-contained: copy it anywhere and open it there
+backend's files (``bm25/``, ``dense/``; ``bm25_pages/`` with page-level fusion). Its result-list settings
+(per-page cap, page-level fusion, pseudo-relevance feedback, hybrid weights) are in ``index.json`` and apply to
+every reader. It is self-contained: copy it anywhere and open it there
 (a dense or hybrid index carries its embedding model in ``dense/model/`` unless built with
 ``copy_embedding_model: false``, which records the model folder's absolute path instead).
 """
@@ -22,7 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from curation.index.backends import Bm25Backend, DenseBackend, rrf, top_k
+from curation.index.backends import Bm25Backend, DenseBackend, top_k
+from curation.index.ranking import fuse, page_embeddings, pages_of, ranks, select
 from curation.index.tokenize import Tokenizer
 from schemas.errors import ConfigError
 
@@ -87,6 +90,19 @@ class Index:
             self._dense.open(self.path)
         self._rrf_k = s.get("rrf_k", 60)
         self._depth = s.get("fusion_depth", 100)
+        # result-list settings (absent from indexes built before them: off)
+        self._dense_weight = s.get("dense_weight", 1.0)
+        self._max_per_page = s.get("max_per_page")
+        self._page_weight = s.get("page_weight", 0.0)
+        self._prf = (s.get("prf_terms", 0), s.get("prf_docs", 10), s.get("prf_weight", 0.5))
+        self._page_idx, pages = pages_of(self._cols["source_id"])
+        self._page_bm25 = self._page_emb = None
+        if self._page_weight > 0:
+            if self._bm25 is not None:
+                self._page_bm25 = Bm25Backend(tokenizer=self._bm25.tokenizer, method=s["method"], k1=s["k1"], b=s["b"],
+                                              folder="bm25_pages").open(self.path)
+            if self._dense is not None:
+                self._page_emb = page_embeddings(self._dense.embeddings, self._page_idx, len(pages))
 
     def __len__(self) -> int:
         return len(self._cols["chunk_id"])
@@ -94,20 +110,41 @@ class Index:
     def __repr__(self) -> str:
         return f"Index({str(self.path)!r}, backend={self.backend!r}, chunks={len(self)})"
 
-    def _ranked(self, query: str, k: int, dense: np.ndarray | None = None) -> list[tuple[int, float]]:
-        if self.backend != "bm25" and dense is None:
-            dense = self._dense.scores(query)
-        if self.backend == "dense":
-            return [(int(i), float(dense[i])) for i in top_k(dense, k)]
-        lex = self._bm25.scores(query)
-        if self.backend == "bm25":
-            return [] if lex is None else [(int(i), float(lex[i])) for i in top_k(lex, k) if lex[i] > 0]
+    def _lexical(self, query: str) -> np.ndarray | None:
+        """BM25 scores of every chunk (with pseudo-relevance feedback when configured); None: no query word known."""
+        weights = self._bm25.query_weights(query)
+        if not weights:
+            return None
+        scores = self._bm25.weighted_scores(weights)
+        terms, docs, original = self._prf
+        if terms > 0:
+            scores = self._bm25.weighted_scores(self._bm25.expand(weights, scores, docs=docs, terms=terms,
+                                                                  original_weight=original))
+        return scores
+
+    def _ranked(self, query: str, k: int, qemb: np.ndarray | None = None) -> list[tuple[int, float]]:
+        dense = None
+        if self._dense is not None:
+            qemb = self._dense.embed([query])[0] if qemb is None else qemb
+            dense = self._dense.embeddings @ qemb
+        lex = self._lexical(query) if self._bm25 is not None else None
+        cap = dict(page_idx=self._page_idx, max_per_page=self._max_per_page)
+        if self.backend != "hybrid" and self._page_weight <= 0:  # one signal, its own scores
+            scores = dense if self.backend == "dense" else lex
+            if scores is None:
+                return []
+            return [(i, float(scores[i])) for i in select(scores, k, positive=self.backend == "bm25", **cap)]
         depth = max(self._depth, k)
-        rankings = [top_k(dense, depth)]
+        signals = []
+        if dense is not None:
+            page_rank = None if self._page_emb is None else ranks(self._page_emb @ qemb, positive=False)
+            signals.append((top_k(dense, depth), self._dense_weight, page_rank))
         if lex is not None:
-            rankings.append(np.array([i for i in top_k(lex, depth) if lex[i] > 0], dtype=np.int64))
-        fused = rrf(rankings, n=len(self), rrf_k=self._rrf_k)
-        return [(int(i), float(fused[i])) for i in top_k(fused, k) if fused[i] > 0]
+            page_lex = self._page_bm25.scores(query) if self._page_bm25 is not None else None
+            page_rank = None if page_lex is None else ranks(page_lex, positive=True)
+            signals.append((np.array([i for i in top_k(lex, depth) if lex[i] > 0], dtype=np.int64), 1.0, page_rank))
+        fused = fuse(signals, n=len(self), rrf_k=self._rrf_k, page_idx=self._page_idx, page_weight=self._page_weight)
+        return [(i, float(fused[i])) for i in select(fused, k, positive=True, **cap)]
 
     def _hit(self, i: int, score: float) -> Hit:
         c = self._cols
@@ -128,8 +165,8 @@ class Index:
                               fix="pass the question texts, e.g. search_many(['q1', 'q2'], k=5)")
         if not isinstance(k, int) or k < 1:
             raise ConfigError("k must be at least 1", received=k, fix="ask for k >= 1 passages")
-        dense = self._dense.scores_many(list(queries)) if self._dense is not None else [None] * len(queries)
-        return [[self._hit(i, s) for i, s in self._ranked(q, k, d)] for q, d in zip(queries, dense)]
+        qembs = list(self._dense.embed(list(queries))) if self._dense is not None and queries else [None] * len(queries)
+        return [[self._hit(i, s) for i, s in self._ranked(q, k, e)] for q, e in zip(queries, qembs)]
 
 
 def open_index(path: str | Path) -> Index:

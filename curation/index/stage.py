@@ -19,6 +19,7 @@ import pyarrow as pa
 
 from curation.index.backends import Bm25Backend, DenseBackend, model_folder
 from curation.index.config import IndexConfig
+from curation.index.ranking import page_texts
 from curation.index.reader import CHUNKS_FILE, FORMAT, MANIFEST, SUBDIR
 from curation.index.tokenize import Tokenizer
 from schemas.arrow import CHUNKS
@@ -136,6 +137,10 @@ class IndexStage(Stage[IndexConfig]):
         if cfg.backend in ("bm25", "hybrid"):
             Bm25Backend(tokenizer=tokenizer, method=cfg.method, k1=cfg.k1, b=cfg.b).build(docs, folder)
             stats["vocabulary"] = len(_vocab(folder))
+            if cfg.page_weight > 0:  # one BM25 document per source page, for page-level evidence
+                _, pages = page_texts(table.column("source_id").to_pylist(), docs)
+                Bm25Backend(tokenizer=tokenizer, method=cfg.method, k1=cfg.k1, b=cfg.b,
+                            folder="bm25_pages").build(pages, folder)
         ctx.progress(table.num_rows // 2)
         if cfg.backend in ("dense", "hybrid"):
             DenseBackend(model_path=cfg.embedding_model, device=cfg.device,
@@ -151,7 +156,9 @@ class IndexStage(Stage[IndexConfig]):
                 outside = None
         settings = {"method": cfg.method, "k1": cfg.k1, "b": cfg.b, "title_in_text": cfg.title_in_text,
                     "source_in_text": cfg.source_in_text,
-                    "rrf_k": cfg.rrf_k, "fusion_depth": cfg.fusion_depth, "device": cfg.device}
+                    "rrf_k": cfg.rrf_k, "fusion_depth": cfg.fusion_depth, "device": cfg.device,
+                    "dense_weight": cfg.dense_weight, "max_per_page": cfg.max_per_page, "page_weight": cfg.page_weight,
+                    "prf_terms": cfg.prf_terms, "prf_docs": cfg.prf_docs, "prf_weight": cfg.prf_weight}
         write_json({"format": FORMAT, "backend": cfg.backend, "chunks": table.num_rows,
                     "tokenizer": tokenizer.settings(), "settings": settings,
                     "embedding_model": outside, "embedded_model": inside, "step": ctx.step}, folder / MANIFEST)
