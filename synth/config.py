@@ -81,6 +81,13 @@ class RaftConfig(Strict):
         "place) and the answer carries no citation. Drawn per row from seed + example id (deterministic)."
     )
     seed: int = Field(0, ge=0, description="Seed of the per-row oracle draw.")
+    forced_position: Literal["last", "random"] = Field(
+        "last", description="Where an oracle that retrieval missed is put when it is forced in: 'last' (in place of the "
+        "lowest-ranked passage, position k) or 'random' (the lowest-ranked passage is dropped and the oracle inserted at a "
+        "position drawn per row from seed + example id; the retrieved passages keep their order). With 'last', forced rows "
+        "put the oracle at position k in most rows whenever retrieval recall is low, and a model learns to cite [k] "
+        "(docs/gemma.md, measured)."
+    )
     prompt_format: PromptFormat = Field(
         default_factory=PromptFormat, description="The retrieval prompt format (schemas/prompt_format.py; the bundle and "
         "open-book eval render prompts with the same one): system text, passage template, question template, citation pattern."
@@ -185,6 +192,8 @@ class SynthConfig(StageConfig):
         data = super().fingerprint_dict()
         if not self.shard_raft:
             data.pop("prompt_format", None)  # formats nothing else: other configs keep their fingerprints
+        if isinstance(data.get("raft"), dict) and data["raft"].get("forced_position") == "last":
+            data["raft"].pop("forced_position")  # the behaviour before the option: earlier RAFT rows stay cached
         runtime_keys = [n for n, f in TeacherConfig.model_fields.items()
                         if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("runtime")]
         for t in (data.get("teacher"), (data.get("judge") or {}).get("teacher")):
