@@ -93,15 +93,19 @@ def main() -> None:
             sys.exit(f"--answers {spec!r}: expected NAME=FILE")
         results[name] = score(questions, read_answers(Path(path)), fmt=fmt)
 
-    def cell(c: dict) -> str:
-        return "-" if c["value"] is None else f"{c['value']:.3f} ({round(c['value'] * c['n']) if c['n'] else 0}/{c['n']})"
+    def cell(c: dict, metric: str) -> str:
+        if c["value"] is None:
+            return "-"
+        if metric == "token_f1":
+            return f"{c['value']:.3f} (n={c['n']})"
+        return f"{c['value']:.3f} ({round(c['value'] * c['n'])}/{c['n']})"
 
     metrics = ("correct", "token_f1", "citation_accuracy", "recall_at_k")
     print(f"{args.questions}: {len(questions)} questions")
     print("| metric | " + " | ".join(results) + " |")
     print("|---|" + "---:|" * len(results))
     for m in metrics:
-        print(f"| {m} | " + " | ".join(cell(r["metrics"][m]) for r in results.values()) + " |")
+        print(f"| {m} | " + " | ".join(cell(r["metrics"][m], m) for r in results.values()) + " |")
     for name, r in results.items():
         for row in r["rows"][: args.samples]:
             print(f"[{name}] {row['id']}: {row['answer'][:200]!r}")
