@@ -1,7 +1,7 @@
 """One error base type for the whole project.
 
 Every message says what was received, what was expected and how to fix it, so a user can act
-on it without reading our code (DESIGN.md §6.7).
+on it without reading our code.
 """
 
 from __future__ import annotations

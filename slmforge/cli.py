@@ -109,7 +109,7 @@ def filter_cmd(
 
     import pyarrow.parquet as pq
 
-    from curation.config import ScoreConfig
+    from curation.quality import ScoreConfig
     from curation.quality import SCORE_COLUMNS
     from slmforge.runner import run_step
     from slmforge.stages import parse_stage

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from slmforge.cli_common import SET_HELP, parse_sets, reporter, run_with_errors
 from slmforge.cli_common import fail as _fail
 
 console = Console()
@@ -67,70 +69,126 @@ def status(workspace: str = typer.Option("argilla", help="Argilla workspace.")) 
     console.print(table)
 
 
-def _stage_config(path: Path, kind: str):
-    from schemas.yamlsafe import load_yaml
+def push_step(inputs: list[Path], out: Path, *, config_file: Path | None, fields: dict) -> dict:
+    """The ``annotate`` stage on ``inputs`` through the runner's one step path (:func:`slmforge.runner.run_step`):
+    ``out`` is its step folder (stats.json, queues.json, decisions/quarantine.parquet), as in a recipe."""
+    import tempfile
 
-    from curation.annotate.config import AnnotateConfig, AnnotateMergeConfig
+    from slmforge.cli_common import parquet_inputs, stage_config
+    from slmforge.runner import run_step
+    from slmforge.workspace import writable_workspace
 
-    data = load_yaml(path.read_text(), where=str(path))
-    model = AnnotateConfig if kind == "annotate" else AnnotateMergeConfig
-    data.setdefault("stage", kind)
-    return model.model_validate(data)
+    config = stage_config("annotate", fields, config_file=config_file, where="slmforge annotate push")
+    files = parquet_inputs(inputs)
+    _check_columns(config, files)
+    if len(inputs) == 1:  # one Parquet file or one stage folder: the stage reads it as it is
+        return run_step(config, {"input": Path(inputs[0])}, out, reporter=reporter())
+    from schemas.io import write_parquet
+
+    with tempfile.TemporaryDirectory(prefix=".slmforge-push-", dir=writable_workspace(Path(out).parent)) as tmp:
+        write_parquet(_concat(files), Path(tmp) / "input.parquet")  # several inputs: the rows of all, in order
+        return run_step(config, {"input": Path(tmp) / "input.parquet"}, out, reporter=reporter())
 
 
-def _read(paths: list[Path]):
+def pull_step(inputs: list[Path], out: Path, *, config_file: Path | None, fields: dict, workers: int = 1) -> dict:
+    """The ``annotate_merge`` stage on ``inputs`` (each Parquet file one shard) through :func:`run_step`;
+    ``out`` gets its part files, decisions/quarantine.parquet, stats.json (agreement included) and agreement.json."""
+    import json
+    import os
+    import tempfile
+
+    from schemas.io import read_parquet, write_json
+    from slmforge.cli_common import parquet_inputs, stage_config
+    from slmforge.runner import run_step
+    from slmforge.workspace import writable_workspace
+
+    config = stage_config("annotate_merge", fields, config_file=config_file, where="slmforge annotate pull")
+    files = parquet_inputs(inputs)
+    _check_columns(config, files)
+    with tempfile.TemporaryDirectory(prefix=".slmforge-pull-", dir=writable_workspace(Path(out))) as tmp:
+        stats = run_step(config, files, None, workers=workers, workspace=Path(tmp), reporter=reporter())
+        step_dir = Path(stats.pop("stage_dir"))
+        stats["answers"] = read_parquet(step_dir / "_work" / "answers.parquet").num_rows
+        stats["agreement"] = json.loads((step_dir / "_work" / "agreement.json").read_text())
+        for old in [*Path(out).glob("part-*.parquet"), *(Path(out) / n for n in OUT_FILES)]:
+            old.unlink(missing_ok=True)  # a re-pull replaces the previous one, never mixes with it
+        for f in [*sorted(step_dir.glob("part-*.parquet")), step_dir / "decisions.parquet",
+                  step_dir / "quarantine.parquet"]:
+            os.replace(f, Path(out) / f.name)
+    write_json(stats["agreement"], Path(out) / "agreement.json")
+    write_json(stats, Path(out) / "stats.json")
+    return stats
+
+
+#: the files a pull writes into --out besides part-*.parquet (removed first by a re-pull)
+OUT_FILES = ("decisions.parquet", "quarantine.parquet", "stats.json", "agreement.json")
+
+
+def _check_columns(config, files: list[Path]) -> None:
+    """The stage's plan-time column check on every input file, before anything is pushed or pulled."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from schemas.errors import SchemaError
+    from slmforge.stages import load_stage
+
+    stage = load_stage(config)
+    for f in files:
+        try:
+            schema = pq.read_schema(f)
+        except (OSError, pa.ArrowException) as exc:
+            raise SchemaError(f"{f} is not a readable Parquet file", received=f"{type(exc).__name__}: {exc}",
+                              expected="Parquet files or stage folders with part-*.parquet",
+                              fix="pass the output of a slmforge step (or a Parquet file with id and text)") from None
+        stage.check({str(f): dict(zip(schema.names, schema.types))})
+
+
+def _concat(files: list[Path]):
     import pyarrow as pa
 
-    from schemas.io import read_parquet, read_parquet_dir
+    from schemas.io import read_parquet
 
-    return pa.concat_tables([read_parquet_dir(p) if p.is_dir() else read_parquet(p) for p in paths],
-                            promote_options="default")
+    return pa.concat_tables([read_parquet(f) for f in files], promote_options="default")
 
 
 @annotate_app.command()
 def push(inputs: list[Path] = typer.Argument(..., help="Parquet files or stage folders with part-*.parquet."),
-         config: Path = typer.Option(..., "--config", "-c", help="YAML of an `annotate` stage (rules, text_column …).")) -> None:
+         out: Path = typer.Option(..., "--out", "-o", help="Step folder: stats.json, queues.json, "
+                                  "decisions.parquet, quarantine.parquet (rows without an id)."),
+         config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                               help="YAML of an `annotate` stage (rules, text_column …)."),
+         set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP)) -> None:
     """Route rows into queues and push them (idempotent: record ids are our ids)."""
-    from curation.annotate.stage import AnnotateStage
-    from schemas.errors import SlmforgeError
-
-    try:
-        pushed = AnnotateStage(_stage_config(config, "annotate")).push(_read(inputs))
-    except SlmforgeError as exc:
-        _fail(exc)
+    stats = run_with_errors(push_step, inputs, out, config_file=config, fields=parse_sets(set_))
     table = Table("queue", "records pushed")
-    for q, n in pushed.items():
-        table.add_row(q, str(n))
+    for key, n in stats.items():
+        if key.startswith("queue:"):
+            table.add_row(key.removeprefix("queue:"), str(n))
     console.print(table)
+    if stats.get("quarantined"):
+        console.print(f"[yellow]{stats['quarantined']} rows without an id quarantined[/] "
+                      f"-> {out / 'quarantine.parquet'}")
+    console.print(f"{stats['rows']} rows read; wrote {out}")
 
 
 @annotate_app.command()
 def pull(inputs: list[Path] = typer.Argument(..., help="The rows that were pushed (Parquet files or folders)."),
-         queue: list[str] = typer.Option(..., "--queue", "-q", help="Queue(s) to merge."),
-         out: Path = typer.Option(..., "--out", "-o", help="Folder for part-00000.parquet, decisions.parquet, agreement.json."),
-         text_column: str = typer.Option("text", help="Column a correction replaces."),
-         workspace: str = typer.Option("argilla", help="Argilla workspace.")) -> None:
+         queue: Optional[list[str]] = typer.Option(None, "--queue", "-q", help="Queue(s) to merge."),
+         out: Path = typer.Option(..., "--out", "-o", help="Folder for part-*.parquet, decisions.parquet, "
+                                  "quarantine.parquet, stats.json, agreement.json."),
+         text_column: Optional[str] = typer.Option(None, help="Column a correction replaces (default text)."),
+         workspace: Optional[str] = typer.Option(None, help="Argilla workspace (default argilla)."),
+         config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                               help="YAML of an `annotate_merge` stage (queues, conflict …)."),
+         set_: Optional[list[str]] = typer.Option(None, "--set", help=SET_HELP),
+         workers: int = typer.Option(1, help="Worker processes.")) -> None:
     """Merge submitted answers: drop rejected rows, apply corrections (origin=annotated), report agreement."""
-    from curation.annotate.merge import agreement
-    from curation.annotate.stage import AnnotateMergeStage
-    from curation.annotate.config import AnnotateMergeConfig
-    from schemas.errors import SlmforgeError
-    from schemas.io import write_json, write_parquet
-
-    stage = AnnotateMergeStage(AnnotateMergeConfig(queues=queue, text_column=text_column, workspace=workspace))
-    try:
-        answers = stage.pull()
-        result = stage.merge(_read(inputs), answers)
-    except SlmforgeError as exc:
-        _fail(exc)
-    write_parquet(result.table, out / "part-00000.parquet")
-    write_parquet(result.decisions, out / "decisions.parquet")
-    agree = agreement(answers)
-    write_json({"counters": dict(result.counters), "agreement": agree}, out / "agreement.json")
-    console.print(f"merged {len(answers)} answers → {result.table.num_rows} rows in {out}")
-    for k, v in sorted(result.counters.items()):
+    fields = {"queues": queue or None, "text_column": text_column, "workspace": workspace, **parse_sets(set_)}
+    stats = run_with_errors(pull_step, inputs, out, config_file=config, fields=fields, workers=workers)
+    console.print(f"merged {stats['answers']} answers → {stats['rows_out']} rows in {out}")
+    for k, v in sorted(stats["counters"].items()):
         console.print(f"  {k}: {v}")
-    for k, v in agree.items():
+    for k, v in stats["agreement"].items():
         console.print(f"  agreement {k}: alpha={v['alpha']} kappa={v['kappa']}")
 
 

@@ -55,6 +55,53 @@ def parse_sets(values: list[str] | None) -> dict[str, Any]:
     return parsed
 
 
+def stage_config(stage_type: str, fields: Mapping[str, Any], *, config_file: Path | None = None, where: str):
+    """A stage config from a YAML file (the keys of that stage in a recipe; ``stage:`` optional) and
+    options on top (``None`` = not given), validated as in a recipe: a ConfigError names the bad field."""
+    from schemas.errors import ConfigError
+    from slmforge.stages import parse_stage
+
+    data: dict[str, Any] = {}
+    if config_file is not None:
+        from schemas.yamlsafe import load_yaml
+
+        if not Path(config_file).is_file():
+            raise ConfigError(f"{where}: config file not found", received=str(config_file),
+                              fix=f"pass a YAML file with the keys of a '{stage_type}' stage")
+        loaded = load_yaml(Path(config_file).read_text(), where=str(config_file))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{where}: {config_file} is not a mapping", received=type(loaded).__name__,
+                              expected=f"the keys of a '{stage_type}' stage, e.g. 'rules: [...]'",
+                              fix="write one key per line (see docs/recipe-reference.md)")
+        data = dict(loaded or {})
+        if data.setdefault("stage", stage_type) != stage_type:
+            raise ConfigError(f"{where}: {config_file} is the config of a '{data['stage']}' stage",
+                              received=data["stage"], expected=stage_type,
+                              fix=f"drop its 'stage:' line or pass a '{stage_type}' config")
+    return parse_stage({**data, "stage": stage_type, **{k: v for k, v in fields.items() if v is not None}},
+                       where=where)
+
+
+def parquet_inputs(paths: list[Path], *, what: str = "input") -> list[Path]:
+    """Parquet files, a stage folder standing for its ``part-*.parquet`` files (in shard order)."""
+    from schemas.errors import ConfigError
+
+    files: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            parts = sorted(p.glob("part-*.parquet"))
+            if not parts:
+                raise ConfigError(f"{what} {p} is a folder without part-*.parquet files", received=str(p),
+                                  expected="a stage folder (workspace/<step>/<fingerprint>/) or a Parquet file",
+                                  fix="pass the folder of a finished step, or Parquet files")
+            files += parts
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise ConfigError(f"{what} not found: {p}", received=str(p), fix="pass an existing Parquet file or folder")
+    return files
+
+
 def reporter(*, quiet: bool = False):
     """The rich progress bars and per-stage tables the runner reports to."""
     from slmforge.report import RichReporter
@@ -83,4 +130,5 @@ def stats_table(title: str, stats: Mapping[str, Any], where: Path | None = None)
 
 
 __all__ = ["console", "out", "SET_HELP", "EXIT_ERROR", "fail", "run_with_errors", "parse_sets", "reporter",
+           "stage_config", "parquet_inputs",
            "stats_table"]

@@ -1,6 +1,6 @@
 """Planning: a recipe -> checked, fingerprinted steps, before any work (no stage runs here).
 
-Layout of a run (DESIGN.md §4)::
+Layout of a run::
 
     <workspace>/<step>/<fingerprint>/part-00000.parquet ...   output shards (tables)
                                      decisions.parquet          id, stage, action, reason, score, detail

@@ -1,7 +1,8 @@
 """The index of stage types: a recipe's ``stage:`` name -> its config model and its implementation.
 
-Each stage's config model lives beside its code (``curation/config.py``, ``curation/dedup/config.py``,
-``curation/pii/config.py``, ``curation/annotate/config.py``, ``synth/config.py``, ``train/config.py``);
+Each stage's config model lives beside its code (``curation/config.py``, ``curation/quality.py``,
+``curation/dedup/config.py``, ``curation/pii/config.py``, ``curation/annotate/config.py``, ``synth/config.py``,
+``train/config.py``);
 this module is the one place that lists them. Config modules are cheap (pydantic only) and are imported
 when a recipe is parsed; implementations (which may import torch, Presidio, Ray …) only when a step is
 planned. Adding a stage type: its config and code in its package, one line here.
@@ -29,8 +30,8 @@ class StageType(NamedTuple):
 STAGES: dict[str, StageType] = {
     "ingest": StageType("curation.config:IngestConfig", "curation.ingest:IngestStage"),
     "normalize": StageType("curation.config:NormalizeConfig", "curation.normalize:NormalizeStage"),
-    "score": StageType("curation.config:ScoreConfig", "curation.quality:ScoreStage"),
-    "filter": StageType("curation.config:FilterConfig", "curation.quality:FilterStage"),
+    "score": StageType("curation.quality:ScoreConfig", "curation.quality:ScoreStage"),
+    "filter": StageType("curation.quality:FilterConfig", "curation.quality:FilterStage"),
     "exact_dedup": StageType("curation.dedup.config:ExactDedupConfig", "curation.dedup.exact:ExactDedupStage"),
     "near_dedup": StageType("curation.dedup.config:NearDedupConfig", "curation.dedup.near:NearDedupStage"),
     "pii": StageType("curation.pii.config:PiiConfig", "curation.pii.stage:PiiStage"),
@@ -40,7 +41,7 @@ STAGES: dict[str, StageType] = {
     "chunk": StageType("synth.config:ChunkConfig", "synth.chunking:ChunkStage"),
     "index": StageType("curation.index.config:IndexConfig", "curation.index.stage:IndexStage"),
     "synth": StageType("synth.config:SynthConfig", "synth.stage:SynthStage"),
-    "synth_filter": StageType("synth.config:SynthFilterConfig", "synth.filter:SynthFilterStage"),
+    "synth_filter": StageType("synth.checks:SynthFilterConfig", "synth.filter:SynthFilterStage"),
     "dataset": StageType("train.config:DatasetConfig", "train.dataset:DatasetStage"),
     "base_model": StageType("train.config:BaseModelConfig", "train.base_model:BaseModelStage"),
     "train": StageType("train.config:TrainConfig", "train.sft:TrainStage"),

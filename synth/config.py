@@ -94,10 +94,6 @@ class RaftConfig(Strict):
     )
 
 
-#: thresholds of curation.quality re-applied to generated answers (a gate against degenerate text, loose for short answers)
-DEFAULT_ANSWER_QUALITY: dict[str, float | None] = {"max_dup_5gram_frac": 0.5, "max_top_2gram_frac": 0.5, "min_alpha_words_ratio": 0.3}
-
-
 #: settings that moved from ``synth`` (and its ``judge``) to ``synth_filter``: a threshold change re-runs only the filter
 MOVED_TO_FILTER = ("min_answer_chars", "max_answer_chars", "min_judge_score", "quality", "dedup_threshold", "existing_steps",
                    "decontam_ngram", "eval_step", "conflict_question_jaccard", "conflict_answer_jaccard")
@@ -202,68 +198,4 @@ class SynthConfig(StageConfig):
         return data
 
 
-class SynthFilterConfig(StageConfig):
-    """SYNTH_CANDIDATES -> EXAMPLES: thresholds on synth's score columns, decontamination, PII re-scan, near-dup and
-    consistency checks (``synth/checks.py``, in this order; the first failing check drops the row with its reason)."""
-
-    stage: Literal["synth_filter"] = "synth_filter"
-    min_answer_chars: int = Field(20, ge=1, description="Answers shorter than this (characters) are dropped ('answer_length').")
-    max_answer_chars: int = Field(1200, ge=20, description="Answers longer than this (characters) are dropped ('answer_length').")
-    min_judge_score: float = Field(
-        0.5, ge=0, le=1, description="Examples whose judge score (0-1, the minimum over criteria) is below are dropped ('judge_below_threshold')."
-    )
-    min_groundedness: float | None = Field(
-        None, ge=0, le=1, description="Examples whose judge groundedness (0-1) is below are dropped; None: only min_judge_score."
-    )
-    min_helpfulness: float | None = Field(
-        None, ge=0, le=1, description="Examples whose judge helpfulness (0-1) is below are dropped; None: only min_judge_score."
-    )
-    min_lexical_groundedness: float | None = Field(
-        None, ge=0, le=1, description="Share (0-1) of answer words that must occur in the source chunk (column "
-        "lexical_groundedness, computed for every example whatever the judge: a cheap check an LLM judge cannot talk its "
-        "way around); None disables."
-    )
-    quality: dict[str, float | None] | None = Field(
-        default_factory=lambda: dict(DEFAULT_ANSWER_QUALITY),
-        description="curation.quality rules (FilterConfig names, e.g. max_dup_5gram_frac) re-applied to each answer; "
-        "the first failing rule drops the row with reason 'quality:<rule>'; None disables.",
-    )
-    eval_step: str | None = Field(
-        None, description="Recipe step whose EXAMPLES (or text) rows are held-out eval data; an example sharing a word "
-        "n-gram with them is dropped ('contaminated'). List it in 'inputs' too."
-    )
-    decontam_ngram: int = Field(8, ge=3, le=50, description="Word n-gram length for decontamination against eval rows.")
-    pii_scan: bool | None = Field(
-        None, description="Re-scan the example's messages with curation.pii (needs the 'pii' extra); a hit drops the row "
-        "('pii'). None: on for rows written by an openai teacher (teacher column 'openai:...'), off otherwise."
-    )
-    pii_mode: Literal["ner", "patterns"] = Field(
-        "ner", description="curation.pii mode of the re-scan: 'ner' (spaCy names/places + patterns) or 'patterns' (regex only, faster)."
-    )
-    dedup_threshold: float | None = Field(
-        0.8, gt=0, le=1, description="Jaccard (word 5-gram) at or above which two answers are near-duplicates (the later one, "
-        "in input order over all shards, is dropped: 'near_duplicate'); None disables."
-    )
-    existing_steps: list[str] = Field(
-        default_factory=list,
-        description="Recipe steps whose EXAMPLES rows already exist (annotated, earlier synth); a generated answer that is a "
-        "near-duplicate of one of theirs is dropped ('near_duplicate_existing'). List them in 'inputs' too.",
-    )
-    conflict_question_jaccard: float = Field(0.8, gt=0, le=1, description="Question word-set Jaccard at or above which two questions count as the same.")
-    conflict_answer_jaccard: float = Field(
-        0.5, ge=0, le=1, description="Answer 3-gram Jaccard below which answers to the same question conflict (kept, "
-        "flagged: decision reason 'consistency_conflict', meta.conflict_with)."
-    )
-
-    @field_validator("quality")
-    @classmethod
-    def _quality_rules(cls, v: dict[str, float | None] | None) -> dict[str, float | None] | None:
-        if v is None:
-            return v
-        from curation.config import FilterConfig
-
-        known = sorted(n for n in FilterConfig.model_fields if n.startswith(("min_", "max_")))
-        bad = [k for k in v if k not in known]
-        if bad:
-            raise ValueError(f"unknown quality rule(s) {bad}; valid: {', '.join(known)}")
-        return v
+from synth.checks import DEFAULT_ANSWER_QUALITY, SynthFilterConfig  # noqa: E402,F401  (beside its checks)

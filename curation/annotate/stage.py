@@ -15,11 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from curation.annotate.config import AnnotateConfig, AnnotateMergeConfig
 from curation.annotate.merge import agreement, answers_table, merge
 from curation.annotate.routing import route
 from schemas.errors import SchemaError, SlmforgeError, StageError
+from schemas.arrow import quarantine
 from schemas.fingerprint import canonical_json
 from schemas.io import read_parquet, read_parquet_dir, write_json, write_parquet
 from schemas.stage import ShardResult, Stage, StageContext
@@ -56,7 +58,7 @@ class AnnotateStage(Stage[AnnotateConfig]):
 
     def check(self, inputs: Mapping[str, Mapping[str, pa.DataType]]) -> None:
         c = self.config
-        what = {"text_column": c.text_column, **{f"metadata_columns[{i}]": m for i, m in enumerate(c.metadata_columns)}}
+        what = {"id": "id", "text_column": c.text_column, **{f"metadata_columns[{i}]": m for i, m in enumerate(c.metadata_columns)}}
         for i, rule in enumerate(c.rules):
             what[f"rules[{i}].column"] = rule.column
             if rule.group_column:
@@ -82,14 +84,29 @@ class AnnotateStage(Stage[AnnotateConfig]):
                 for queue, rows in self.route(table).items()}
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
-        primary = next(iter(ctx.inputs.values()))
-        table = read_parquet_dir(primary)
+        """Push the primary input (a stage folder, or one Parquet file when run standalone). A row without
+        an id cannot be keyed (a second push would duplicate it, its answers could never be merged): it is
+        quarantined, not pushed."""
+        primary = Path(next(iter(ctx.inputs.values())))
+        table = read_parquet(primary) if primary.is_file() else read_parquet_dir(primary)
+        if table.num_columns and "id" not in table.column_names:
+            raise SchemaError(f"annotate: the input {primary} has no 'id' column", received=table.column_names,
+                              expected="rows with an 'id' column (the record id in Argilla)",
+                              fix="push a stage's output (ingest and later stages write 'id')")
+        out = Path(ctx.out_dir or ctx.stage_dir)
+        no_id = table.column("id").is_null() if table.num_columns else pa.array([], pa.bool_())
+        n_bad = int(pc.sum(no_id).as_py() or 0)
+        if n_bad:
+            bad = table.filter(no_id)
+            write_parquet(quarantine([""] * n_bad, stage=self.config.step_name, reason="annotate_no_id",
+                                     payload=[canonical_json(r) for r in bad.to_pylist()]), out / "quarantine.parquet")
+            table = table.filter(pc.invert(no_id))
         pushed = self.push(table)
         routed = pa.table({"queue": [q for q, n in pushed.items() for _ in range(n)]})
-        out = ctx.out_dir or ctx.stage_dir
-        write_json({"pushed": pushed}, Path(out) / "queues.json")
-        ctx.progress(len(table))
-        return {"rows": len(table), "routed": routed.num_rows, **{f"queue:{q}": n for q, n in pushed.items()}}
+        write_json({"pushed": pushed}, out / "queues.json")
+        ctx.progress(len(table) + n_bad)
+        return {"rows": len(table) + n_bad, "routed": routed.num_rows, "quarantined": n_bad,
+                **{f"queue:{q}": n for q, n in pushed.items()}}
 
 
 def answers_digest(answers: pa.Table) -> str:

@@ -127,4 +127,37 @@ def test_no_file_is_over_400_lines():
             n = len(f.read_text().splitlines())
             if n > MAX_LINES and rel not in LONG_OK:
                 long[rel] = n
-    assert long == {}, f"split these files (DESIGN.md §6: ~{MAX_LINES} lines at most): {long}"
+    assert long == {}, f"split these files (docs/architecture.md: ~{MAX_LINES} lines at most): {long}"
+
+
+def test_docs_point_inside_the_repository():
+    """The design is docs/architecture.md; README and docs link only to files in the repository, and no
+    source, doc or config names a design file outside it."""
+    import re
+    import subprocess
+
+    assert (ROOT / "docs/architecture.md").is_file()
+    assert "(docs/architecture.md)" in (ROOT / "README.md").read_text()
+    broken = []
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text()):
+            if "://" in target or target.startswith("mailto:"):
+                continue
+            path = (doc.parent / target).resolve()
+            if not path.exists() or ROOT.resolve() not in path.parents:
+                broken.append(f"{doc.relative_to(ROOT)} -> {target}")
+    assert broken == []
+    tracked = subprocess.run(["git", "ls-files", "*.py", "*.md", "*.toml", "*.yaml"], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+    outside = [f for f in tracked if f != "tests/core/test_structure.py" and "DESIGN.md" in (ROOT / f).read_text()]
+    assert outside == [], f"these point at a design file outside the repository (use docs/architecture.md): {outside}"
+
+
+def test_no_stage_config_lives_in_schemas():
+    """schemas/ keeps only contracts: every registered stage's config class is defined beside its code."""
+    from schemas.config import StageConfig
+    from slmforge.stages import STAGES, config_model
+
+    for name in STAGES:
+        model = config_model(name, where="test")
+        assert issubclass(model, StageConfig) and not model.__module__.startswith("schemas"), (name, model.__module__)
