@@ -26,18 +26,11 @@ from typing import Any
 
 
 def read_answers(path: Path) -> dict[str, dict]:
-    out: dict[str, dict] = {}
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            sys.exit(f"{path}:{i}: not JSON ({exc})")
-        if row.get("id") in out:
-            sys.exit(f"{path}:{i}: id {row.get('id')!r} answered twice")
-        out[row["id"]] = row
-    return out
+    """id -> answer row of a `slmforge ask --output` file (read by the question-file reader: broken or repeated
+    lines fail, naming them)."""
+    from train.answer import read_questions
+
+    return {r["id"]: r for r in read_questions(path, fields=("answer", "citations", "closed_book", "passages"))}
 
 
 def score(questions: list, answers: dict[str, dict], *, fmt) -> dict[str, Any]:
