@@ -81,6 +81,13 @@ class RaftConfig(Strict):
         "place) and the answer carries no citation. Drawn per row from seed + example id (deterministic)."
     )
     seed: int = Field(0, ge=0, description="Seed of the per-row oracle draw.")
+    forced_position: Literal["last", "random"] = Field(
+        "last", description="Where an oracle that retrieval missed is put when it is forced in: 'last' (in place of the "
+        "lowest-ranked passage, position k) or 'random' (the lowest-ranked passage is dropped and the oracle inserted at a "
+        "position drawn per row from seed + example id; the retrieved passages keep their order). With 'last', forced rows "
+        "put the oracle at position k in most rows whenever retrieval recall is low, and a model learns to cite [k] "
+        "(docs/gemma.md, measured)."
+    )
     prompt_format: PromptFormat = Field(
         default_factory=PromptFormat, description="The retrieval prompt format (schemas/prompt_format.py; the bundle and "
         "open-book eval render prompts with the same one): system text, passage template, question template, citation pattern."
@@ -110,8 +117,14 @@ class SynthConfig(StageConfig):
         "follow-up questions on the same passage (template followup_qa_v1). A failed follow-up leaves the example shorter."
     )
     distractors: int = Field(
-        0, ge=0, le=8, description="RAFT: with include_context, this many other passages of the same shard are put in the user turn "
-        "next to the source passage, in a seeded order (template grounded_qa_raft_v1; meta.oracle_position, meta.distractor_ids)."
+        0, ge=0, le=8, description="RAFT without an index: with include_context, this many other passages of the same shard are "
+        "put in the user turn next to the source passage, in a seeded order, rendered with 'prompt_format' (template "
+        "raft_shard_v1; the answer cites the source passage as [n]; meta.oracle_position, meta.distractor_ids, meta.citations)."
+    )
+    prompt_format: PromptFormat = Field(
+        default_factory=PromptFormat, description="The retrieval prompt format of include_context + distractors rows "
+        "(schemas/prompt_format.py, the one the bundle and open-book eval render with). RAFT rows from an index use "
+        "raft.prompt_format instead."
     )
     include_context: bool = Field(
         False, description="Put the passage in the user turn (RAFT-style open-book) instead of a closed-book question."
@@ -153,7 +166,18 @@ class SynthConfig(StageConfig):
             raise ConfigError("synth: 'raft' builds the user turn from retrieved passages; include_context/distractors "
                               "build it from the shard", received="raft with include_context or distractors",
                               expected="one of them", fix="drop include_context and distractors when raft is set")
+        if self.prompt_format != PromptFormat() and not self.shard_raft:
+            raise ConfigError("synth: 'prompt_format' formats include_context + distractors rows only",
+                              received=f"prompt_format with raft={'set' if self.raft else 'unset'}, "
+                              f"include_context={self.include_context}, distractors={self.distractors}",
+                              expected="include_context: true and distractors >= 1",
+                              fix="move it under 'raft:' (raft.prompt_format) for RAFT rows from an index, or drop it")
         return self
+
+    @property
+    def shard_raft(self) -> bool:
+        """Rows whose user turn is the source passage among ``distractors`` passages of its shard."""
+        return self.include_context and self.distractors > 0
 
     @property
     def scan_pii(self) -> bool:
@@ -162,6 +186,10 @@ class SynthConfig(StageConfig):
     def fingerprint_dict(self) -> dict:
         """As the base, plus the runtime-only fields of the nested teacher configs (concurrency, timeouts, costs)."""
         data = super().fingerprint_dict()
+        if not self.shard_raft:
+            data.pop("prompt_format", None)  # formats nothing else: other configs keep their fingerprints
+        if isinstance(data.get("raft"), dict) and data["raft"].get("forced_position") == "last":
+            data["raft"].pop("forced_position")  # the behaviour before the option: earlier RAFT rows stay cached
         runtime_keys = [n for n, f in TeacherConfig.model_fields.items()
                         if isinstance(f.json_schema_extra, dict) and f.json_schema_extra.get("runtime")]
         for t in (data.get("teacher"), (data.get("judge") or {}).get("teacher")):

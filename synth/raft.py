@@ -4,7 +4,8 @@ For every grounded question, :class:`RaftRetriever` asks the index (the very ind
 the top ``k + 1`` chunks with the question as query and builds the prompt from the top ``k``:
 
 * with probability ``oracle_p`` the source (oracle) chunk is in the prompt: where retrieval found it, at its
-  rank; where it did not, in place of the lowest-ranked passage;
+  rank; where it did not, in place of the lowest-ranked passage (``forced_position: last``) or, with
+  ``forced_position: random``, at a seeded random position among the others;
 * otherwise it is removed (the ``k + 1``-th hit fills its place) and the answer has no citation (RAFT's
   "distractors only" rows, which teach the model not to trust a passage blindly).
 
@@ -81,9 +82,11 @@ class RaftRetriever:
             picked = ranked[: cfg.k]
             if rank is None:
                 if len(picked) == cfg.k:
-                    picked[-1] = self._oracle(chunk)  # the lowest-ranked passage makes room
-                else:
-                    picked.append(self._oracle(chunk))
+                    picked.pop()  # the lowest-ranked passage makes room
+                slot = len(picked)
+                if cfg.forced_position == "random":
+                    slot = random.Random(f"raft-slot:{cfg.seed}:{row_id}").randrange(len(picked) + 1)
+                picked.insert(slot, self._oracle(chunk))
         else:
             picked = [p for p in ranked if p["chunk_id"] != chunk["id"]][: cfg.k]
         position = next((n for n, p in enumerate(picked, start=1) if p["chunk_id"] == chunk["id"]), None)

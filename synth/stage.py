@@ -21,6 +21,7 @@ import pyarrow as pa
 
 from schemas.arrow import CHUNKS, SYNTH_CANDIDATES, columns, decisions, quarantine
 from schemas.errors import ConfigError
+from schemas.prompt_format import PromptFormat
 from schemas.stage import ShardResult, Stage, StageContext
 from synth import extractive
 from synth.config import SynthConfig
@@ -28,7 +29,8 @@ from synth.generate import TEMPLATE, Collector, Generator
 from synth.raft import RAFT_INDEX_TEMPLATE, RaftRetriever, find_index
 from synth.tasks import render
 
-RAFT_TEMPLATE = "grounded_qa_raft_v1"
+#: include_context + distractors rows: the source passage among passages of its shard, in the prompt format serving uses
+RAFT_TEMPLATE = "raft_shard_v1"
 
 __all__ = ["SynthStage", "RAFT_TEMPLATE", "candidate_row", "user_turn"]
 
@@ -60,12 +62,13 @@ def candidate_row(cand: dict, *, user: str | list[dict], user_template: str, tea
 
 
 def user_turn(cand: dict, chunks: list[dict], *, include_context: bool, distractors: int,
-              raft: RaftRetriever | None = None) -> tuple[str | list[dict], str, dict]:
+              raft: RaftRetriever | None = None, prompt_format: PromptFormat | None = None) -> tuple[str | list[dict], str, dict]:
     """The user turn of a training example: (text or prompt messages, template name, meta additions). THE one place
     that decides what the student sees besides the question: nothing (closed book), the source passage (open book),
     the passage among ``distractors`` other passages of ``chunks`` in a seeded order, or (``raft``) the passages the
-    recipe's index retrieves for the question, rendered with the prompt format serving uses (synth/raft.py; the
-    cited answer is in meta ``raft_answer``)."""
+    recipe's index retrieves for the question. Both passage lists are rendered with a :class:`PromptFormat`
+    (``prompt_format`` or ``raft.prompt_format``: the function serving and open-book eval use), and their answer,
+    citing the source passage as ``[n]``, is in meta ``raft_answer``."""
     chunk = cand["chunk"]
     if raft is not None:
         messages, answer, meta = raft.turn(cand)
@@ -74,12 +77,19 @@ def user_turn(cand: dict, chunks: list[dict], *, include_context: bool, distract
         return cand["question"], "closed_book_v1", {}
     others = [c for c in chunks if c["id"] != chunk["id"]]
     if distractors and others:
+        fmt = prompt_format or PromptFormat()
         rnd = random.Random(cand["id"])
         picked = rnd.sample(others, min(distractors, len(others)))
-        passages = [*picked, chunk]
-        rnd.shuffle(passages)
-        meta = {"oracle_position": passages.index(chunk) + 1, "distractor_ids": [p["id"] for p in picked]}
-        return render(RAFT_TEMPLATE, passages=passages, question=cand["question"]), RAFT_TEMPLATE, meta
+        order = [*picked, chunk]
+        rnd.shuffle(order)
+        passages = [{"chunk_id": c["id"], "source_id": c["source"], "text": c["text"], "title": c["heading"]} for c in order]
+        position = order.index(chunk) + 1
+        meta = {"oracle_position": position, "distractor_ids": [p["id"] for p in picked],
+                "passages": [{"n": n, "chunk_id": p["chunk_id"], "source_id": p["source_id"]}
+                             for n, p in enumerate(passages, start=1)],
+                "citations": {str(position): chunk["source"]}, "prompt_format": fmt.fingerprint(),
+                "raft_answer": f"{cand['answer']} [{position}]"}
+        return fmt.render_messages(cand["question"], passages), RAFT_TEMPLATE, meta
     return render(TEMPLATE, passage=chunk["text"], question=cand["question"], source=chunk["source"],
                   heading=chunk["heading"]), TEMPLATE, {}
 
@@ -144,7 +154,8 @@ class SynthStage(Stage[SynthConfig]):
         raft = self._retriever(ctx)
         for c in cands:
             user, user_template, extra = user_turn(c, chunks, include_context=self.config.include_context,
-                                                   distractors=self.config.distractors, raft=raft)
+                                                   distractors=self.config.distractors, raft=raft,
+                                                   prompt_format=self.config.prompt_format)
             answer = extra.pop("raft_answer", None)
             c["meta"].update(extra)
             rows.append(candidate_row(c, user=user, user_template=user_template, teacher=gen.teacher_name,

@@ -122,3 +122,37 @@ def test_raft_needs_an_index_input(corpus, tmp_path):
     with pytest.raises(ConfigError, match="no input is an index"):  # an index-less second input fails when the step runs
         run_recipe(recipe_from_dict(raft_recipe(corpus, tmp_path / "ws3", synth_inputs=("chunk", "normalize"))),
                    until="synth")
+
+
+def test_forced_oracle_at_a_random_position_keeps_the_retrieved_order(built, corpus, tmp_path):
+    """forced_position: random spreads forced-in oracles over the k positions (with 'last' they all sit at k and a
+    model learns to cite [k]); the retrieved passages keep their rank order; 'last' keeps earlier fingerprints."""
+    from synth.config import SynthConfig
+
+    _, steps, last_rows = built
+    recipe = recipe_from_dict(raft_recipe(corpus, tmp_path / "ws", raft={"k": K, "oracle_p": P, "seed": 7,
+                                                                         "forced_position": "random"}))
+    run_recipe(recipe, until="synth")
+    new_steps = {s.name: s for s in plan(recipe)}
+    rows = rows_of(new_steps["synth"].dir)
+    by_id = {r["id"]: json.loads(r["meta"]) for r in last_rows}
+    forced = [json.loads(r["meta"]) for r in rows
+              if json.loads(r["meta"])["oracle_included"] and not json.loads(r["meta"])["oracle_retrieved"]]
+    assert len(forced) >= 10
+    assert {m["oracle_position"] for m in forced} == set(range(1, K + 1))  # every position used
+    for r in rows:
+        meta = json.loads(r["meta"])
+        assert len(meta["passages"]) == K
+        if meta["oracle_included"]:
+            assert r["messages"][-1]["content"].endswith(f"[{meta['oracle_position']}]")
+        old = by_id.get(r["id"])
+        if old is not None and not (meta["oracle_included"] and not meta["oracle_retrieved"]):
+            assert meta["passages"] == old["passages"]  # only forced rows change
+        elif old is not None:
+            others = [p["chunk_id"] for p in meta["passages"] if p["chunk_id"] != r["source_ids"][0]]
+            assert others == [p["chunk_id"] for p in old["passages"] if p["chunk_id"] != r["source_ids"][0]]
+    # the default ('last') is the behaviour before the option: same fingerprint as a config without it
+    synth = {"stage": "synth", "inputs": ["chunk", "index"], "raft": {"k": K}}
+    assert SynthConfig(**synth).fingerprint_dict() == SynthConfig(**{**synth, "raft": {"k": K, "forced_position": "last"}}).fingerprint_dict()
+    assert "forced_position" not in SynthConfig(**synth).fingerprint_dict()["raft"]
+    assert new_steps["synth"].fingerprint != steps["synth"].fingerprint

@@ -15,6 +15,7 @@ from schemas.arrow import CHUNKS, DOCUMENTS, EXAMPLES, validate
 from slmforge.stages import parse_stage
 from synth.config import ChunkConfig, SynthConfig, SynthFilterConfig
 from schemas.errors import ConfigError
+from schemas.prompt_format import PromptFormat
 from schemas.stage import ShardResult, StageContext
 from synth.chunking import ChunkStage, chunk_text
 from synth.extractive import generate
@@ -218,14 +219,33 @@ def test_raft_distractors_quality_gate_and_dedup_against_existing_rows(tmp_path)
     res = synth_then_filter(chunks, tmp_path, raft, SynthFilterConfig(min_answer_chars=10))
     by_id = {c["id"]: c for c in chunks.to_pylist()}
     rows = res.table.to_pylist()
-    assert rows and all(r["template"] == "grounded_qa_raft_v1:" + json.loads(r["meta"])["kind"] for r in rows)
-    positions = set()
+    assert rows and all(r["template"] == "raft_shard_v1:" + json.loads(r["meta"])["kind"] for r in rows)
+    fmt, positions = PromptFormat(), set()
     for r in rows:
-        meta, user = json.loads(r["meta"]), r["messages"][0]["content"]
-        assert user.count("\nPassage ") == 3 and by_id[r["source_ids"][0]]["text"] in user
-        assert all(by_id[d]["text"] in user for d in meta["distractor_ids"]) and r["source_ids"][0] not in meta["distractor_ids"]
+        meta, (system, user, answer) = json.loads(r["meta"]), r["messages"]
+        # the prompt format serving renders with: its system message, then the numbered passages and the question
+        assert system == {"role": "system", "content": fmt.system} and user["role"] == "user"
+        oracle = by_id[r["source_ids"][0]]
+        order = [by_id[p["chunk_id"]] for p in meta["passages"]]
+        assert len(order) == 3 and order[meta["oracle_position"] - 1] is oracle
+        assert [user] == fmt.render_messages(meta["question"], [
+            {"source_id": c["source"], "text": c["text"], "title": c["heading"], "chunk_id": c["id"]} for c in order])[1:]
+        assert {c["id"] for c in order} - {oracle["id"]} == set(meta["distractor_ids"]) and oracle["id"] not in meta["distractor_ids"]
+        # the answer cites the source passage; the citation maps back to its source
+        assert answer["content"].endswith(f" [{meta['oracle_position']}]")
+        assert fmt.parse_citations(answer["content"], [{"source_id": c["source"]} for c in order]) == [oracle["source"]]
+        assert meta["citations"] == {str(meta["oracle_position"]): oracle["source"]} and meta["prompt_format"] == fmt.fingerprint()
         positions.add(meta["oracle_position"])
     assert len(positions) > 1  # the oracle is not always first
+    # a custom prompt format reaches the rows (and the fingerprint); it is refused where it would format nothing
+    custom = PromptFormat(system="Use the passages. Cite [n].")
+    cfg = SynthConfig(include_context=True, distractors=2, prompt_format=custom)
+    assert cfg.fingerprint_dict() != raft.fingerprint_dict()
+    assert "prompt_format" not in SynthConfig(include_context=True).fingerprint_dict()  # formats nothing there
+    row = synth_then_filter(chunks, tmp_path, cfg, SynthFilterConfig(min_answer_chars=10)).table.to_pylist()[0]
+    assert row["messages"][0]["content"] == custom.system and json.loads(row["meta"])["prompt_format"] == custom.fingerprint()
+    with pytest.raises(ConfigError, match="prompt_format"):
+        SynthConfig(prompt_format=custom)
     again = synth_then_filter(chunks, tmp_path, raft, SynthFilterConfig(min_answer_chars=10))
     assert again.table.column("messages").to_pylist() == res.table.column("messages").to_pylist()  # deterministic
 

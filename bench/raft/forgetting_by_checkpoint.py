@@ -1,0 +1,43 @@
+"""General-text perplexity of the base model and of LoRA checkpoints of one training run (when did it forget?).
+
+Uses train/domain_eval.py's ``text_perplexity`` (the forgetting check of the Gemma recipe) on each adapter in turn:
+
+    python bench/raft/forgetting_by_checkpoint.py --base WS/base_model/<fp>/model \\
+        --adapter step20=WS/train/<fp>/_work/checkpoints/checkpoint-20 --adapter final=WS/train/<fp>/adapter \\
+        --general data/eval/general_text.jsonl --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", required=True, help="base model folder (a base_model step's model/)")
+    ap.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="LoRA adapter folder (repeat)")
+    ap.add_argument("--general", required=True, help="JSON lines with 'text'")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args()
+
+    from train.domain_eval import load_jsonl, text_perplexity
+    from train.inputs import load_model, load_tokenizer, torch_setup
+
+    torch_setup(args.threads)
+    tokenizer = load_tokenizer(args.base)
+    texts = [r["text"] for r in load_jsonl(args.general)]
+    arms = [("base", None)] + [tuple(a.split("=", 1)) for a in args.adapter]
+    results = {}
+    for name, adapter in arms:
+        model = load_model(args.base, adapter=adapter)
+        results[name] = text_perplexity(model, tokenizer, texts)
+        del model
+    base = results["base"]["perplexity"]
+    for name, r in results.items():
+        print(f"{name:<12} perplexity {r['perplexity']:8.3f}  {r['perplexity'] / base - 1:+.1%}  ({r['tokens']} tokens)")
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

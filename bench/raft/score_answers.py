@@ -1,0 +1,110 @@
+"""Score `slmforge ask --questions ... --output` files against a question file, side by side.
+
+The metrics are the open-book eval's (train/eval_openbook.py, train/answer_metrics.py), applied to the served path
+(the bundle's GGUF through llama.cpp):
+
+* ``correct``: every keyword group of the question is in the answer (questions with ``keywords``);
+* ``token_f1``: SQuAD token F1 against ``reference``, citations removed (questions with a reference);
+* ``citation_accuracy``: the first source the answer cites is the question's page (no citation = wrong;
+  open-book files, questions with a ``page``/``source``);
+* ``recall@k (page)``: the question's page is among the retrieved passages' sources (open-book files).
+
+Every question of the question file must have exactly one answer line in every answers file (by ``id``); a missing
+or extra id is an error, not a silently smaller denominator.
+
+    python bench/raft/score_answers.py --questions q.jsonl --answers open=out.jsonl --answers closed=out_cb.jsonl \\
+        [--out scores.json] [--samples 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def read_answers(path: Path) -> dict[str, dict]:
+    """id -> answer row of a `slmforge ask --output` file (read by the question-file reader: broken or repeated
+    lines fail, naming them)."""
+    from train.answer import read_questions
+
+    return {r["id"]: r for r in read_questions(path, fields=("answer", "citations", "closed_book", "passages"))}
+
+
+def score(questions: list, answers: dict[str, dict], *, fmt) -> dict[str, Any]:
+    from train.answer_metrics import keyword_hit, token_f1
+    from train.eval_openbook import same_page, strip_citations
+
+    ids = [q.id for q in questions]
+    missing, extra = sorted(set(ids) - set(answers)), sorted(set(answers) - set(ids))
+    if missing or extra:
+        sys.exit(f"answers do not match the questions: missing {missing[:5]} ({len(missing)}), extra {extra[:5]} ({len(extra)})")
+    open_book = any(not answers[i].get("closed_book", False) for i in ids)
+    cells: dict[str, list[float]] = {"correct": [], "token_f1": [], "citation_accuracy": [], "recall_at_k": []}
+    rows = []
+    for q in questions:
+        a = answers[q.id]
+        text = a["answer"]
+        row = {"id": q.id, "answer": text}
+        if q.keywords:
+            row["correct"] = float(keyword_hit(text, q.keywords))
+        if q.reference:
+            row["token_f1"] = token_f1(strip_citations(text, fmt), q.reference)
+        if open_book and q.page:
+            cites = a.get("citations") or []
+            row["citation_accuracy"] = float(bool(cites) and same_page(cites[0], q.page))
+            row["recall_at_k"] = float(any(same_page(p["source_id"], q.page) for p in a.get("passages") or []))
+        for m in cells:
+            if m in row:
+                cells[m].append(row[m])
+        rows.append(row)
+    return {"questions": len(ids), "open_book": open_book,
+            "metrics": {m: {"value": sum(v) / len(v) if v else None, "n": len(v)} for m, v in cells.items()},
+            "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--questions", type=Path, required=True, help="JSON lines: id, question, keywords, page, reference")
+    ap.add_argument("--answers", action="append", required=True, metavar="NAME=FILE",
+                    help="an answers file of `slmforge ask --output`, named (repeat for side by side)")
+    ap.add_argument("--out", type=Path, default=None, help="write the scores (and per-question rows) as JSON")
+    ap.add_argument("--samples", type=int, default=0, help="print this many answers per file")
+    args = ap.parse_args()
+
+    from schemas.prompt_format import PromptFormat
+    from train.eval_openbook import load_questions
+
+    questions = load_questions(args.questions)
+    fmt = PromptFormat()
+    results = {}
+    for spec in args.answers:
+        name, _, path = spec.partition("=")
+        if not path:
+            sys.exit(f"--answers {spec!r}: expected NAME=FILE")
+        results[name] = score(questions, read_answers(Path(path)), fmt=fmt)
+
+    def cell(c: dict, metric: str) -> str:
+        if c["value"] is None:
+            return "-"
+        if metric == "token_f1":
+            return f"{c['value']:.3f} (n={c['n']})"
+        return f"{c['value']:.3f} ({round(c['value'] * c['n'])}/{c['n']})"
+
+    metrics = ("correct", "token_f1", "citation_accuracy", "recall_at_k")
+    print(f"{args.questions}: {len(questions)} questions")
+    print("| metric | " + " | ".join(results) + " |")
+    print("|---|" + "---:|" * len(results))
+    for m in metrics:
+        print(f"| {m} | " + " | ".join(cell(r["metrics"][m], m) for r in results.values()) + " |")
+    for name, r in results.items():
+        for row in r["rows"][: args.samples]:
+            print(f"[{name}] {row['id']}: {row['answer'][:200]!r}")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main()
