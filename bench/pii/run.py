@@ -3,7 +3,7 @@
     cd bench/pii
     python dev_set.py --n 800 --seed 5 --out /tmp/pii_dev.jsonl
     python holdout_set.py --n 600 --seed 11 --out /tmp/pii_holdout.jsonl
-    flock /work/helpers/heavy.lock python run.py /tmp/pii_dev.jsonl /tmp/pii_holdout.jsonl --json ../../curation/pii/measured.json
+    python run.py /tmp/pii_dev.jsonl /tmp/pii_holdout.jsonl --json ../../curation/pii/measured.json
 
 Per set: precision, recall and leak rate (1 - recall) per entity and per document kind (overlap match:
 a gold span counts as found when a predicted span of the same type overlaps it), look-alikes kept,

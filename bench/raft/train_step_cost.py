@@ -8,7 +8,7 @@ number of steps, general-text replay at 0.5 from the same folder; only the rows 
 
 Usage (datasets from ``slmforge run`` of each recipe up to ``dataset``; a base_model step folder of Gemma)::
 
-    flock /work/helpers/heavy.lock python bench/raft/train_step_cost.py --base WS/base_model/<fp> \\
+    python bench/raft/train_step_cost.py --base WS/base_model/<fp> \\
         --closed WS1/dataset/<fp> --raft WS2/dataset/<fp> --replay DIR --steps 3
 """
 

@@ -1,6 +1,6 @@
 """Retrieval on a question file nobody tuned on: the frozen recommended settings vs the default BM25, nothing else.
 
-    flock /work/helpers/heavy.lock python bench/retrieval/heldout.py -w workspace/postgres-docs \\
+    python bench/retrieval/heldout.py -w workspace/postgres-docs \\
         --questions data/eval/postgres_questions_blind.jsonl [--out FILE]
 
 The settings below were fixed (and committed) before the file was read; this script reports what they give on it,

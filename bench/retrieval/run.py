@@ -1,7 +1,7 @@
 """Retrieval on the PostgreSQL 15 SQL reference: recall@k at chunk and page level, every variant side by side.
 
 Needs a run of data/recipes/postgres-docs.yaml up to its index step (docs/retrieval.md):
-    flock /work/helpers/heavy.lock python bench/retrieval/run.py -w workspace/postgres-docs [--dense] [--out FILE]
+    python bench/retrieval/run.py -w workspace/postgres-docs [--dense] [--out FILE]
 
 Question sets (reported separately):
 * hand: data/eval/postgres_questions.jsonl (16 hand-written questions, page + reference);

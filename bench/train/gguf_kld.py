@@ -4,7 +4,7 @@ the stage does not write by default: llama.cpp's quantiser with an importance ma
 GPTQ-calibrated Q4_0 the previous exporter wrote (``train/q4_calibrate.py`` on the train split, written by
 ``train.gguf_export`` with ``q4_0_weights``).
 
-    flock /work/helpers/heavy.lock python bench/train/gguf_kld.py \\
+    python bench/train/gguf_kld.py \\
         --dataset workspace/postgres-docs/dataset/<fp> --base workspace/postgres-docs/base_model/<fp> \\
         --train workspace/postgres-docs/train/<fp> --out /tmp/gguf_kld [--threads 2] [--variants imatrix,gptq]
 

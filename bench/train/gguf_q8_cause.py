@@ -10,7 +10,7 @@
    ``train.llama_cpp.quantize``); for small errors the classes' KLDs add up to roughly the full Q8_0 file's;
 3. candidate settings: Q8_0 with token_embd (tied: also the output) in F16, and with the worst classes in F16.
 
-    flock /work/helpers/heavy.lock python bench/train/gguf_q8_cause.py --export /tmp/gguf_kld/export \\
+    python bench/train/gguf_q8_cause.py --export /tmp/gguf_kld/export \\
         --dataset $W/dataset/<fp> --base $W/base_model/<fp> --out /tmp/gguf_q8 [--threads 2]
 
 ``--export``: a folder written by bench/train/gguf_kld.py (merged/ and <name>-F16.gguf).
