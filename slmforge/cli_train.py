@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from slmforge.cli_common import SET_HELP, parse_sets, run_with_errors, stats_table
+from slmforge.cli_common import SET_HELP, parse_sets, run_with_errors, stage_config, stats_table
 
 
 
@@ -21,11 +21,8 @@ def run_artifact(stage_type: str, fields: dict[str, Any], inputs: dict[str, Path
     """Validate the config and run the artifact stage into ``out`` through the runner's one step path
     (:func:`slmforge.runner.run_step`; resumable state in ``out/_work``)."""
     from slmforge.runner import run_step
-    from slmforge.stages import parse_stage
 
-    config = parse_stage({"stage": stage_type, **{k: v for k, v in fields.items() if v is not None}},
-                         where=f"slmforge {stage_type}")
-    return run_step(config, inputs, Path(out))
+    return run_step(stage_config(stage_type, fields, where=f"slmforge {stage_type}"), inputs, Path(out))
 
 
 def _run(stage_type: str, fields: dict[str, Any], inputs: dict[str, Path], out: Path) -> None:
