@@ -88,7 +88,7 @@ def register(app: typer.Typer) -> None:
                                                        "(1.0: none; default: the bundle's)."),
         loop_ngram: Optional[int] = typer.Option(None, min=0, max=64, help="Cut the answer when its last N tokens "
                                                  "repeat earlier ones (0: off; default: the bundle's)."),
-        threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: llama.cpp's)."),
+        threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: the physical cores)."),
     ) -> None:
         """Answer a question (or a file of them) with citations, from a bundle, through llama.cpp."""
 
@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
         workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help=WS_HELP),
         port: int = typer.Option(8000, min=0, max=65535, help="Port on 127.0.0.1 (0: any free port)."),
         gguf: Optional[str] = typer.Option(None, help="GGUF type (default: the bundle's)."),
-        threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads."),
+        threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: the physical cores)."),
         state_dir: Optional[Path] = typer.Option(None, help="Folder of the API key file (default "
                                                  "$XDG_STATE_HOME/slmforge or ~/.local/state/slmforge)."),
     ) -> None:

@@ -45,10 +45,11 @@ class BundleConfig(StageConfig):
         description="llama.cpp's repetition penalty on the last 64 generated tokens (1.0: none; ask "
         "--repeat-penalty / the request's repeat_penalty override).")
     loop_ngram: int = Field(
-        0, ge=0, le=64,
+        16, ge=0, le=64,
         description="Loop guard: when the last this-many generated tokens already occurred in the same answer, the "
         "answer is cut where the repeat began (finish_reason 'loop'). 0: off; else 2-64 tokens (ask --loop-ngram "
-        "/ the request's loop_ngram override).")
+        "/ the request's loop_ngram override). 16: 2 of the 1,426 PostgreSQL training answers repeat a 16-token "
+        "span (SQL synopses), 6 a 12-token one, 32 an 8-token one.")
     prompt_format: PromptFormat = Field(
         default_factory=PromptFormat,
         description="The retrieval prompt format (schemas/prompt_format.py): system text, passage template, question "

@@ -62,7 +62,8 @@ def main() -> None:
     rows = read_questions(args.questions)[: args.max_questions]
     prompts = []
     for row in rows:
-        p = reader._prepare(row["question"], k=args.k, closed_book=False, max_tokens=args.decode + 1, history=None)
+        p = reader._prepare(row["question"], k=args.k, closed_book=False,
+                            generation=reader.generation.override(max_tokens=args.decode + 1), history=None)
         prompts.append(p["ids"])
     path, n_ctx = str(reader.gguf), reader.n_ctx
     reader.close()
