@@ -174,9 +174,12 @@ class Reader:
                       completion_tokens=completion_tokens, finish_reason=finish, passages_dropped=p["dropped"],
                       cited=self.format.cited_numbers(text, len(plist)))
 
-    def answer(self, question: str, **kw: Any) -> Answer:
-        """Answer ``question`` with citations (keywords as :meth:`stream`)."""
-        for piece in self.stream(question, **kw):
+    def answer(self, question: str, *, k: int | None = None, closed_book: bool = False,
+               max_tokens: int | None = None, repeat_penalty: float | None = None, loop_ngram: int | None = None,
+               history: list[dict[str, str]] | None = None) -> Answer:
+        """Answer ``question`` with citations (the keywords as :meth:`stream`)."""
+        for piece in self.stream(question, k=k, closed_book=closed_book, max_tokens=max_tokens,
+                                 repeat_penalty=repeat_penalty, loop_ngram=loop_ngram, history=history):
             if isinstance(piece, Answer):
                 return piece
         raise AssertionError("stream() ends with an Answer")
