@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -243,7 +244,12 @@ def _calibrated(weights: list, x, x_fp, *, damp: float) -> list[tuple[np.ndarray
     h_inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
     factor = torch.linalg.cholesky(h_inv, upper=True).float()  # the rounding loop runs in float32, as GPTQ's
     w = torch.cat(weights).double()
-    q, d = gptq_q4_0(((w @ cross + lam * w) @ h_inv).float(), factor)
+    w = ((w @ cross + lam * w) @ h_inv).float()
+    # rows are independent: a share of them per thread (numpy's per-column steps run on one core otherwise)
+    chunks = torch.chunk(w, max(1, min(torch.get_num_threads(), len(w))))
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        parts = list(pool.map(lambda rows: gptq_q4_0(rows, factor), chunks))
+    q, d = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     splits = np.cumsum([len(wt) for wt in weights])[:-1]
     return list(zip(np.split(q, splits), np.split(d, splits)))
 
