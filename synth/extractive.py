@@ -9,6 +9,7 @@ so groundedness holds by construction and is checked again by :func:`judge`.
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass
 
 _DEF = re.compile(r"^[ \t]*[-*][ \t]+(?:\*\*|`)?(?P<term>[^:*`\n]{2,60}?)(?:\*\*|`)?[ \t]*:[ \t]+(?P<body>\S[^\n]{15,})$", re.M)
@@ -36,28 +37,52 @@ def _title(source: str) -> str:
     return stem.replace("-", " ").replace("_", " ").strip()
 
 
-def generate(text: str, *, heading: str | None, source: str, limit: int) -> list[QA]:
-    """Question/answer pairs whose answers are exact substrings ``text[span_start:span_end]``."""
+#: with a page title (from the recipe's index), questions name the page the way a user names it, in several
+#: phrasings picked by a stable hash of the term, so a reader learns the meaning rather than one sentence frame
+_DEF_FORMS = ("What does {term} mean in {title}?", "What does {term} do in {title}?", "In {title}, what is {term}?",
+              "What is {term} used for in {title}?", "Explain {term} in {title}.")
+_SECTION_FORMS = {  # common section headings of reference pages, asked as users ask them
+    "description": "What does {title} do?", "overview": "What is {title}?", "introduction": "What is {title}?",
+    "summary": "What is {title}?", "purpose": "What is {title} for?",
+    "notes": "What should I know before using {title}?", "caveats": "What should I know before using {title}?",
+    "examples": "How is {title} used in practice?", "example": "How is {title} used in practice?",
+}
+
+
+def _pick(forms: tuple[str, ...], key: str) -> str:
+    return forms[zlib.crc32(key.encode()) % len(forms)]
+
+
+def generate(text: str, *, heading: str | None, source: str, limit: int, title: str | None = None) -> list[QA]:
+    """Question/answer pairs whose answers are exact substrings ``text[span_start:span_end]``.
+
+    ``title``: the page's title (e.g. ``ALTER TABLE``); without one, questions name the file's stem as a document."""
     out: list[QA] = []
     topic = _title(source)
     for m in _DEF.finditer(text):
         term = m.group("term").strip()
-        out.append(QA(f"In the {topic} document, what does \"{term}\" mean?", m.group("body").strip(),
-                      m.start("body"), m.start("body") + len(m.group("body").strip()), "definition"))
+        q = (_pick(_DEF_FORMS, f"{title}/{term}").format(term=term, title=title) if title
+             else f"In the {topic} document, what does \"{term}\" mean?")
+        out.append(QA(q, m.group("body").strip(), m.start("body"), m.start("body") + len(m.group("body").strip()),
+                      "definition"))
     for m in _STEPS.finditer(text):
         if m.group(0).count("\n") < 1 and not re.match(r"\s*1\.", m.group(0)):
             continue
         s = m.start() + len(m.group(0)) - len(m.group(0).lstrip())
         e = m.start() + len(m.group(0).rstrip())
-        what = heading if heading and heading.lower() not in {"procedure", "steps"} else topic
-        q = f"What are the steps for {what.lower()}?" if what == topic else f"What are the steps for {what.lower()} ({topic})?"
+        page = title or topic
+        what = heading if heading and heading.lower() not in {"procedure", "steps"} else page
+        q = f"What are the steps for {page if title else page.lower()}?" if what == page else \
+            f"What are the steps for {what.lower()} ({page})?"
         out.append(QA(q, text[s:e], s, e, "procedure"))
     if heading:
         for m in _LIST.finditer(text):
             block = m.group(0).rstrip()
             if _DEF.search(block) or block.count("\n") < 1:
                 continue
-            out.append(QA(f"What does the {topic} document list under \"{heading}\"?", block, m.start(),
+            q = (f"What is listed under {heading} in {title}?" if title
+                 else f"What does the {topic} document list under \"{heading}\"?")
+            out.append(QA(q, block, m.start(),
                           m.start() + len(block), "list"))
             break
     if heading:
@@ -70,7 +95,12 @@ def generate(text: str, *, heading: str | None, source: str, limit: int) -> list
             s, e = body_start + para.start(), body_start + para.end()
             e = s + len(text[s:e].rstrip())
             q = heading if heading.endswith("?") else f"What does the {topic} document say about \"{heading}\"?"
-            if heading.lower() == topic.lower():
+            if title and not heading.endswith("?"):
+                form = _SECTION_FORMS.get(heading.strip().lower(), "What does {title} say about {heading}?")
+                if heading.strip().lower() in (title.strip().lower(), topic.lower()):
+                    form = "What is {title} about?"
+                q = form.format(title=title, heading=heading.strip().lower())
+            elif heading.lower() == topic.lower():
                 q = f"What is the {topic} document about?"
             out.append(QA(q, text[s:e], s, e, "section"))
     for m in _TURN.finditer(text):

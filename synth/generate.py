@@ -109,7 +109,8 @@ class Generator:
         for chunk in chunks:
             try:
                 pairs = extractive.generate(chunk["text"], heading=chunk["heading"], source=chunk["source"],
-                                            limit=self.config.teacher.max_questions_per_chunk)
+                                            limit=self.config.teacher.max_questions_per_chunk,
+                                            title=chunk.get("title"))
             except Exception as exc:  # a chunk the generator cannot handle is quarantined, not lost
                 run.quarantine(chunk["id"], f"generator_error:{type(exc).__name__}", source=chunk["source"],
                                chunk=chunk["id"], error=str(exc))

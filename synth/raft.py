@@ -66,6 +66,10 @@ class RaftRetriever:
         titles = pq.read_table(self.index.path / CHUNKS_FILE, columns=["chunk_id", "title"])
         self._titles = dict(zip(titles.column("chunk_id").to_pylist(), titles.column("title").to_pylist()))
 
+    def title(self, chunk_id: str) -> str | None:
+        """The page title the index holds for ``chunk_id`` (None when it has none)."""
+        return self._titles.get(chunk_id) or None
+
     def _oracle(self, chunk: dict) -> dict[str, Any]:
         return {"chunk_id": chunk["id"], "source_id": chunk["source"], "text": chunk["text"],
                 "title": self._titles.get(chunk["id"])}

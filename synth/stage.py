@@ -147,11 +147,14 @@ class SynthStage(Stage[SynthConfig]):
         self.load()
         gen, run = self.generator, Collector()
         chunks = table.select(["id", "doc_id", "text", "source", "heading"]).to_pylist()
+        raft = self._retriever(ctx)
+        if raft is not None:  # the index knows each page's title: questions name the page as a user would
+            for c in chunks:
+                c["title"] = raft.title(c["id"])
         cands = gen.generate(chunks, run, work_dir=ctx.work_dir)
         run.counters["candidates"] = len(cands)
         cands = gen.judge(cands, run, work_dir=ctx.work_dir)
         rows = []
-        raft = self._retriever(ctx)
         for c in cands:
             user, user_template, extra = user_turn(c, chunks, include_context=self.config.include_context,
                                                    distractors=self.config.distractors, raft=raft,

@@ -28,8 +28,17 @@ from schemas.errors import ConfigError
 from train.chat import strip_generation_markers
 
 
+_parsed: dict[str, Any] = {}
+
+
 def _spec(tokenizer: Any) -> dict[str, Any]:
-    return json.loads(tokenizer.backend_tokenizer.to_str())
+    """The tokenizer's tokenizer.json, parsed (read only: the last text parsed is kept, as the writer reads it
+    several times per file and a 262k-token vocabulary takes a second to parse)."""
+    text = tokenizer.backend_tokenizer.to_str()
+    if text not in _parsed:
+        _parsed.clear()
+        _parsed[text] = json.loads(text)
+    return _parsed[text]
 
 
 def _known_splits() -> dict[str, str]:

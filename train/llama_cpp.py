@@ -187,16 +187,19 @@ class GGUFModel:
             raise StageError("llama.cpp: sequence longer than the context", received=n, expected=f"<= {self.n_ctx}",
                              fix="load the model with a larger n_ctx or cut the sequence")
 
-    def logits(self, tokens: Sequence[int]) -> Iterator[np.ndarray]:
+    def logits(self, tokens: Sequence[int], *, copy: bool = True) -> Iterator[np.ndarray]:
         """Logits (float32, positions x vocabulary) of ``tokens`` evaluated from position 0, every position,
-        yielded ``n_batch`` positions at a time (each array is a copy)."""
+        yielded ``n_batch`` positions at a time. Each array is a copy; ``copy=False``: a view of llama.cpp's
+        own logits buffer instead (no copy of n_batch x vocabulary floats), valid only until the next block is
+        requested, which may be written to (``KLDStats.add`` works in place in it)."""
         self._check_length(len(tokens))
         self.lib.llama_memory_clear(self.lib.llama_get_memory(self.ctx), True)
         for start in range(0, len(tokens), self.n_batch):
             part = tokens[start:start + self.n_batch]
             self._decode(part, start, all_logits=True)
             ptr = self.lib.llama_get_logits(self.ctx)
-            yield np.ctypeslib.as_array(ptr, shape=(len(part), self.n_vocab)).copy()
+            block = np.ctypeslib.as_array(ptr, shape=(len(part), self.n_vocab))
+            yield block.copy() if copy else block
 
     def generate(self, prompt: Sequence[int], *, max_new_tokens: int) -> list[int]:
         """Greedy continuation of ``prompt``; ends after the first end-of-generation token of the file (kept as

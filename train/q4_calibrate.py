@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -127,28 +128,45 @@ def _capture(model, layers, batches: list[tuple[Any, Any]]) -> tuple[list[Any], 
     return first, kwargs
 
 
-def _linear_groups(layer, hidden, kw) -> list[list[tuple[str, Any]]]:
-    """The layer's Q4_0-sized linears in call order, grouped by shared input tensor."""
+def _fp_pass(layer, hiddens, kwargs, valid) -> tuple[list[list[tuple[str, Any]]], dict[str, Any], list]:
+    """One pass of the unrounded ``layer`` over every batch: its Q4_0-sized linears in call order, grouped by
+    shared input tensor (from the first batch), the input of each group's first linear at the ``valid`` (not
+    padding) positions (name -> tokens x in_features, float32, CPU), and the layer's outputs."""
     import torch
 
-    order: list[tuple[str, Any, Any]] = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: order.append((name, mod, args[0])))
-             for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features % BLOCK == 0]
+    linears = [(name, m) for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features % BLOCK == 0]
+    groups: list[list[tuple[str, Any]]] = []
+    rows: dict[str, list] = {}
+    state: dict[str, Any] = {"batch": 0, "last": None}
+
+    def hook(name, mod):
+        def pre(_, args):
+            x = args[0]
+            if x is not state["last"]:  # a new input: a new group, whose first linear records it
+                state["last"] = x
+                rows.setdefault(name, []).append(x[state["valid"]].float().cpu())
+                if state["batch"] == 0:
+                    groups.append([])
+            if state["batch"] == 0:
+                groups[-1].append((name, mod))
+        return pre
+
+    handles = [mod.register_forward_pre_hook(hook(name, mod)) for name, mod in linears]
+    outputs = []
     try:
         with torch.no_grad():
-            layer(hidden, **kw)
+            for n, (h, kw, v) in enumerate(zip(hiddens, kwargs, valid)):
+                state.update(batch=n, valid=v, last=None)
+                outputs.append(layer(h, **kw))
     finally:
-        for h in hooks:
-            h.remove()
-    groups: list[list[tuple[str, Any]]] = []
-    last = None
-    for name, mod, x in order:
-        if groups and x is last:
-            groups[-1].append((name, mod))
-        else:
-            groups.append([(name, mod)])
-        last = x
-    return groups
+        for handle in handles:
+            handle.remove()
+    leaders = {g[0][0] for g in groups}
+    if set(rows) != leaders or any(len(r) != len(hiddens) for r in rows.values()):
+        raise StageError("Q4_0 calibration: a decoder layer calls its linears differently from batch to batch",
+                         received=sorted(rows), expected=sorted(leaders), fix="set q4_0_method: llama.cpp on the export step")
+    state["last"] = None
+    return groups, {name: torch.cat(r) for name, r in rows.items()}, outputs
 
 
 def _run_layer(layer, hiddens, kwargs, valid, record: dict[str, Any], *,
@@ -213,8 +231,9 @@ def gptq_q4_0(weight, hinv) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _calibrated(weights: list, x, x_fp, *, damp: float) -> list[tuple[np.ndarray, np.ndarray]]:
-    """GPTQ with full-precision targets for weights sharing the input: each corrected for the rounded model's
-    inputs ``x`` (the unrounded model's are ``x_fp``), then rounded by ``gptq_q4_0``."""
+    """GPTQ with full-precision targets for weights sharing the input: corrected for the rounded model's inputs
+    ``x`` (the unrounded model's are ``x_fp``), then rounded by ``gptq_q4_0``. Every row is corrected and rounded
+    on its own, so the group's weights are stacked and done in one go, then split again."""
     import torch
 
     h = (x.T @ x).double()
@@ -224,7 +243,15 @@ def _calibrated(weights: list, x, x_fp, *, damp: float) -> list[tuple[np.ndarray
     h += lam * torch.eye(h.shape[0], dtype=h.dtype)
     h_inv = torch.cholesky_inverse(torch.linalg.cholesky(h))
     factor = torch.linalg.cholesky(h_inv, upper=True).float()  # the rounding loop runs in float32, as GPTQ's
-    return [gptq_q4_0(((w.double() @ cross + lam * w.double()) @ h_inv).float(), factor) for w in weights]
+    w = torch.cat(weights).double()
+    w = ((w @ cross + lam * w) @ h_inv).float()
+    # rows are independent: a share of them per thread (numpy's per-column steps run on one core otherwise)
+    chunks = torch.chunk(w, max(1, min(torch.get_num_threads(), len(w))))
+    with ThreadPoolExecutor(len(chunks)) as pool:
+        parts = list(pool.map(lambda rows: gptq_q4_0(rows, factor), chunks))
+    q, d = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+    splits = np.cumsum([len(wt) for wt in weights])[:-1]
+    return list(zip(np.split(q, splits), np.split(d, splits)))
 
 
 def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01, batch_tokens: int = 2048,
@@ -246,9 +273,8 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
         forward_s = rounding_s = 0.0
         for layer, kws in zip(layers, kwargs):
             t0 = time.perf_counter()
-            groups = _linear_groups(layer, h_q[0], kws[0])
-            # full-precision inputs of every group (one pass of the unrounded layer) and its outputs
-            x_fp, h_fp = _run_layer(layer, h_fp, kws, valid, {g[0][0]: g[0][1] for g in groups})
+            # the groups, the full-precision inputs of every group (one pass of the unrounded layer) and its outputs
+            groups, x_fp, h_fp = _fp_pass(layer, h_fp, kws, valid)
             forward_s += time.perf_counter() - t0
             for group in groups:
                 first, module = group[0]

@@ -21,6 +21,7 @@ from schemas.errors import ConfigError, StageError, require
 from schemas.io import write_json
 from schemas.stage import Stage, StageContext
 from train.inputs import EXAMPLE_COLUMNS
+from train.answer_head import trainer_class
 from train.chat import check_end_of_turn_trained, check_template, encode_example, end_of_turn_id
 from train.inputs import find_inputs, load_tokenizer, read_examples, torch_setup
 
@@ -158,7 +159,7 @@ class TrainStage(Stage[TrainConfig]):
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         torch = torch_setup(self.config.threads)
-        from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+        from transformers import TrainerCallback, TrainingArguments, set_seed
         from transformers.trainer_callback import PrinterCallback
         from transformers.trainer_utils import get_last_checkpoint
 
@@ -233,7 +234,7 @@ class TrainStage(Stage[TrainConfig]):
             disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
             activation_checkpointing=cfg.gradient_checkpointing, save_only_model=False,
         )
-        trainer = Trainer(
+        trainer = trainer_class()(  # the output layer runs on trained positions only (train/answer_head.py)
             model=model, args=args, train_dataset=rows["train"], eval_dataset=rows["validation"] if has_val else None,
             data_collator=lambda batch: collate(batch, pad_id=tokenizer.pad_token_id
                                                 if tokenizer.pad_token_id is not None else eot),

@@ -57,30 +57,44 @@ class KLDStats:
     """KL divergence, top-1 agreement and perplexity ratio of a file against the reference, accumulated a
     block of positions at a time (``add``)."""
 
-    def __init__(self):
+    def __init__(self, *, scratch: dict | None = None):
+        """``scratch``: where ``add`` keeps its scratch array between calls; pass one dict to every ``KLDStats`` of
+        files compared side by side so they share a single array."""
         self.kld: list[np.ndarray] = []
         self.sum_nll = self.sum_nll_ref = 0.0
         self.same_top = self.count = 0
+        self._scratch = {} if scratch is None else scratch
 
     def add(self, ref, logits: np.ndarray, targets: Sequence[int]) -> None:
         """``ref``: the reference's log-probabilities (torch, positions x vocabulary) or their ``RefBlock``
         (computed once when several files are compared on the same positions); ``logits``: the file's logits
         at the same positions (float32; overwritten: the maths runs in place in that buffer, so a 262k
-        vocabulary needs no second positions x vocabulary array); ``targets``: the next token at each position."""
+        vocabulary needs no second positions x vocabulary array); ``targets``: the next token at each position.
+
+        Passes over the positions x vocabulary values: row maximum and top token together, log-sum-exp (into a
+        scratch array kept between calls: a fresh one costs page faults each time), log-probabilities, then
+        ``Σ p_ref (log p_ref - log p_file)`` per row, all in float32."""
         import torch
 
         ref = ref if isinstance(ref, RefBlock) else RefBlock(ref, targets)
         x = torch.from_numpy(np.ascontiguousarray(logits, dtype=np.float32))
+        n, vocab = x.shape
         idx = torch.tensor(list(targets), dtype=torch.long)[:, None]
-        lse = torch.logsumexp(x, dim=-1, keepdim=True)
-        self.same_top += int((x.argmax(-1) == ref.top).sum())
-        self.sum_nll -= float((x.gather(-1, idx) - lse).double().sum())
-        x.sub_(lse)  # log p_file
-        torch.sub(ref.logp, x, out=x)  # log p_ref - log p_file
-        x.mul_(ref.p)
+        t = self._scratch.get("rows")
+        if t is None or t.shape[1] != vocab or t.shape[0] < n:
+            t = self._scratch["rows"] = torch.empty(n, vocab, dtype=torch.float32)
+        t = t[:n]
+        top, arg = x.max(-1, keepdim=True)
+        self.same_top += int((arg[:, 0] == ref.top).sum())
+        torch.sub(x, top, out=t).exp_()
+        x.sub_(t.sum(-1, keepdim=True).log_().add_(top))  # log p_file
+        nll = -float(x.gather(-1, idx).double().sum())
+        torch.sub(ref.logp, x, out=t).mul_(ref.p)  # p_ref (log p_ref - log p_file)
+        kld = t.sum(-1)
+        self.sum_nll += nll
         self.sum_nll_ref += ref.nll
         self.count += len(targets)
-        self.kld.append(x.sum(-1).numpy().astype(np.float64))
+        self.kld.append(kld.numpy().astype(np.float64))
 
     def result(self) -> dict[str, Any]:
         k = np.sort(np.concatenate(self.kld)) if self.kld else np.zeros(0)
@@ -156,14 +170,15 @@ def verify_files(reference, sequences: Sequence[Sequence[int]], paths: Sequence[
     for group in file_groups(paths, group_bytes=group_bytes):
         models = [_open(p, n_ctx=n_ctx, n_batch=n_batch, threads=threads) for p in group]
         try:
-            stats = [KLDStats() for _ in models]
+            scratch: dict = {}
+            stats = [KLDStats(scratch=scratch) for _ in models]
             eval_s, stats_s, ref_s = [0.0] * len(models), [0.0] * len(models), 0.0
             for n, seq in enumerate(sequences):
                 t0 = time.perf_counter()
                 ref = (torch.log_softmax(reference_logits[n].float(), dim=-1) if n < len(reference_logits)
                        else reference_logp(reference, seq))
                 ref_s += time.perf_counter() - t0
-                streams = [model.logits(seq) for model in models]
+                streams = [model.logits(seq, copy=False) for model in models]
                 for start in range(0, len(seq), n_batch):  # the files side by side, a block at a time
                     end = min(start + n_batch, len(seq) - 1)  # the last position has no next token
                     t0 = time.perf_counter()

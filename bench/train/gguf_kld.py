@@ -86,6 +86,11 @@ def main() -> None:
           "per file llama.cpp evaluation / KLD statistics: " + "; ".join(
               f"{f['type']} {f['verify_timing']['llama_cpp_seconds']:.1f} / {f['verify_timing']['stats_seconds']:.1f} s"
               for f in report["files"] + ([report["base_lora"]] if report.get("base_lora") else [])))
+    for f in report["files"]:
+        if f.get("calibration"):
+            c = f["calibration"]
+            print(f"{f['type']} calibration ({c['method']}): {c['sequences']} train conversations, {c['tokens']} tokens, "
+                  f"{c['seconds']:.1f} s (layer forward passes {c['forward_seconds']:.1f} s, rounding {c['rounding_seconds']:.1f} s)")
     print("merged-model perplexity on the held-out text:", round(report["files"][0]["verify"]["ppl_reference"], 3))
     print("generation:", json.dumps(report["generation"]))
     print("tokenizer:", json.dumps({f["file"]: {k: f["tokenizer"][k] for k in ("chat_renderings", "texts", "failed")}

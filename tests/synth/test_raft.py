@@ -156,3 +156,21 @@ def test_forced_oracle_at_a_random_position_keeps_the_retrieved_order(built, cor
     assert SynthConfig(**synth).fingerprint_dict() == SynthConfig(**{**synth, "raft": {"k": K, "forced_position": "last"}}).fingerprint_dict()
     assert "forced_position" not in SynthConfig(**synth).fingerprint_dict()["raft"]
     assert new_steps["synth"].fingerprint != steps["synth"].fingerprint
+
+
+def test_raft_questions_name_the_page_by_its_title_in_several_phrasings(built):
+    """With an index, the extractive teacher asks about the page's title (its first heading), not the file stem."""
+    from curation.index import open_index
+
+    _, steps, rows = built
+    titles = {c["chunk_id"]: c["title"]
+              for c in pq.read_table(open_index(steps["index"].dir).path / "chunks.parquet").to_pylist()}
+    questions = [(json.loads(r["meta"])["question"], titles[r["source_ids"][0]]) for r in rows]
+    titled = [(q, t) for q, t in questions if t]
+    assert len(titled) == len(questions) > 0
+    assert all(" document" not in q for q, _ in titled)
+    named = [(q, t) for (q, t), r in zip(questions, rows) if not r["template"].endswith(":section")]
+    assert named and all(t in q for q, t in named)  # a section whose heading is a question is asked as written
+    definitions = [json.loads(r["meta"])["question"] for r in rows if r["template"].endswith(":definition")]
+    frames = {q.split(" ", 2)[:2].__str__() for q in definitions}
+    assert len(frames) >= 3, frames  # several phrasings, not one sentence frame

@@ -265,3 +265,22 @@ def test_raft_distractors_quality_gate_and_dedup_against_existing_rows(tmp_path)
     assert all(answer not in r["messages"][1]["content"] for r in res.table.to_pylist())
     # quality rules of curation.quality re-run on answers: numbered steps and codes fail a strict alpha-words ratio
     assert reasons["quality:min_alpha_words_ratio"] >= 1 and res.counters["dropped:quality:min_alpha_words_ratio"] >= 1
+
+
+def test_extractive_questions_with_a_page_title():
+    from synth.extractive import generate
+
+    text = ("## Parameters\n\n- **CASCADE**: Automatically drop objects that depend on the table.\n"
+            "- **RESTRICT**: Refuse to drop the table if any objects depend on it.\n")
+    plain = generate(text, heading="Parameters", source="docs/sql-droptable.md", limit=10)
+    titled = generate(text, heading="Parameters", source="docs/sql-droptable.md", limit=10, title="DROP TABLE")
+    assert [q.question for q in plain][:2] == ['In the sql droptable document, what does "CASCADE" mean?',
+                                                'In the sql droptable document, what does "RESTRICT" mean?']
+    assert all("DROP TABLE" in q.question and "document" not in q.question for q in titled[:2])
+    assert [(q.answer, q.span_start, q.kind) for q in titled] == [(q.answer, q.span_start, q.kind) for q in plain]
+    # the phrasing is a stable function of page and term: the same question every run
+    assert [q.question for q in titled] == [q.question for q in generate(text, heading="Parameters",
+                                                                         source="x.md", limit=10, title="DROP TABLE")]
+    desc = generate("## Description\n\nDROP TABLE removes tables from the database.\n", heading="Description",
+                    source="docs/sql-droptable.md", limit=10, title="DROP TABLE")
+    assert [q.question for q in desc] == ["What does DROP TABLE do?"]
