@@ -51,6 +51,8 @@ def _print_answer(to, ans) -> None:
     to.print(escape(ans.answer) or "[dim](empty answer)[/]", highlight=False)  # model text is not markup
     if ans.finish_reason == "length":
         to.print("[dim](stopped at the token limit: --max-tokens)[/]")
+    elif ans.finish_reason == "loop":
+        to.print("[dim](cut where the answer began to repeat itself: --loop-ngram)[/]")
     if ans.closed_book:
         to.print("[dim]closed-book: no passages retrieved[/]")
         return
@@ -82,7 +84,11 @@ def register(app: typer.Typer) -> None:
         closed_book: bool = typer.Option(False, "--closed-book", help="Answer without retrieval."),
         gguf: Optional[str] = typer.Option(None, help="GGUF type, e.g. Q4_K_M (default: the bundle's, Q8_0 if present)."),
         max_tokens: Optional[int] = typer.Option(None, min=1, help="Longest answer in tokens (default: the bundle's)."),
-        threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: llama.cpp's)."),
+        repeat_penalty: Optional[float] = typer.Option(None, min=0.5, max=2.0, help="llama.cpp repetition penalty "
+                                                       "(1.0: none; default: the bundle's)."),
+        loop_ngram: Optional[int] = typer.Option(None, min=0, max=64, help="Cut the answer when its last N tokens "
+                                                 "repeat earlier ones (0: off; default: the bundle's)."),
+        threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: the physical cores)."),
     ) -> None:
         """Answer a question (or a file of them) with citations, from a bundle, through llama.cpp."""
 
@@ -97,14 +103,16 @@ def register(app: typer.Typer) -> None:
             rows = read_questions(questions) if questions is not None else None  # checked before loading the model
             reader = open_reader(_bundle_path(bundle, workspace), gguf=gguf, threads=threads)
             try:
+                # checked before the first answer; None keeps the bundle's setting
+                reader.generation.override(max_tokens=max_tokens, repeat_penalty=repeat_penalty, loop_ngram=loop_ngram)
+                kw = dict(k=k, closed_book=closed_book or not reader.has_index, max_tokens=max_tokens,
+                          repeat_penalty=repeat_penalty, loop_ngram=loop_ngram)
                 if rows is None:
-                    _print_answer(out, reader.answer(question, k=k, closed_book=closed_book or not reader.has_index,
-                                                         max_tokens=max_tokens))
+                    _print_answer(out, reader.answer(question, **kw))
                     if not reader.has_index and not closed_book:
                         out.print("[dim]this bundle has no index: answered closed-book[/]")
                     return
-                _answer_file(reader, rows, output, k=k, closed_book=closed_book or not reader.has_index,
-                             max_tokens=max_tokens)
+                _answer_file(reader, rows, output, **kw)
             finally:
                 reader.close()
 
@@ -116,7 +124,7 @@ def register(app: typer.Typer) -> None:
         workspace: Optional[Path] = typer.Option(None, "--workspace", "-w", help=WS_HELP),
         port: int = typer.Option(8000, min=0, max=65535, help="Port on 127.0.0.1 (0: any free port)."),
         gguf: Optional[str] = typer.Option(None, help="GGUF type (default: the bundle's)."),
-        threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads."),
+        threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: the physical cores)."),
         state_dir: Optional[Path] = typer.Option(None, help="Folder of the API key file (default "
                                                  "$XDG_STATE_HOME/slmforge or ~/.local/state/slmforge)."),
     ) -> None:
@@ -151,7 +159,7 @@ def register(app: typer.Typer) -> None:
         run_with_errors(go)
 
 
-def _answer_file(reader, rows, output: Path, *, k, closed_book: bool, max_tokens) -> None:
+def _answer_file(reader, rows, output: Path, **kw) -> None:
     import json
 
     from rich.progress import Progress
@@ -162,10 +170,11 @@ def _answer_file(reader, rows, output: Path, *, k, closed_book: bool, max_tokens
     with atomic_path(output) as tmp, open(tmp, "w", encoding="utf-8") as fh, Progress(console=console) as bar:
         task = bar.add_task("answering", total=len(rows))
         for row in rows:
-            ans = reader.answer(row["question"], k=k, closed_book=closed_book, max_tokens=max_tokens)
+            ans = reader.answer(row["question"], **kw)
             cited += bool(ans.citations)
             fh.write(json.dumps({"id": row["id"], "question": row["question"], "answer": ans.answer,
                                  "citations": ans.citations, "closed_book": ans.closed_book,
+                                 "finish_reason": ans.finish_reason, "completion_tokens": ans.completion_tokens,
                                  "passages": [{"n": p.n, "source_id": p.source_id, "chunk_id": p.chunk_id,
                                                "span": list(p.span), "score": p.score} for p in ans.passages]},
                                 ensure_ascii=False) + "\n")

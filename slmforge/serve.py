@@ -4,7 +4,9 @@
 format and generates with llama.cpp (greedy, so ``temperature``/``top_p`` are ignored); the response is
 OpenAI's ``chat.completion`` object plus ``citations`` and ``passages`` (``stream: true``: server-sent
 ``chat.completion.chunk`` events, the last one with ``citations`` and ``passages``). ``GET /v1/models``
-lists the bundle's model. Extension fields of a request: ``k`` (passages) and ``closed_book``.
+lists the bundle's model. ``max_tokens`` (or ``max_completion_tokens``) overrides the bundle's answer length.
+Extension fields of a request: ``k`` (passages), ``closed_book``, ``repeat_penalty`` and ``loop_ngram`` (the
+bundle's generation controls, train/generation.py).
 
 Every request needs ``Authorization: Bearer <key>``. The key is random (32 bytes), made on the first serve
 and stored 0600 in a 0700 folder (``$XDG_STATE_HOME/slmforge`` or ``~/.local/state/slmforge``); it is
@@ -93,11 +95,20 @@ def _request(reader, body: dict[str, Any]) -> dict[str, Any]:
     if k is not None and (not isinstance(k, int) or not 1 <= k <= 64):
         raise _Error(HTTPStatus.BAD_REQUEST, "'k' must be an integer 1-64")
     max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-    if max_tokens is not None and (not isinstance(max_tokens, int) or max_tokens < 1):
+    if max_tokens is not None and (not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1):
         raise _Error(HTTPStatus.BAD_REQUEST, "'max_tokens' must be a positive integer")
+    penalty, ngram = body.get("repeat_penalty"), body.get("loop_ngram")
+    if penalty is not None and (not isinstance(penalty, (int, float)) or isinstance(penalty, bool)):
+        raise _Error(HTTPStatus.BAD_REQUEST, "'repeat_penalty' must be a number 0.5-2.0 (1.0: none)")
+    if ngram is not None and (not isinstance(ngram, int) or isinstance(ngram, bool)):
+        raise _Error(HTTPStatus.BAD_REQUEST, "'loop_ngram' must be an integer: 0 (off) or 2-64")
+    try:  # the ranges, checked by the same code as ask's flags
+        reader.generation.override(max_tokens=max_tokens, repeat_penalty=penalty, loop_ngram=ngram)
+    except SlmforgeError as exc:
+        raise _Error(HTTPStatus.BAD_REQUEST, str(exc)) from None
     # a bundle without an index answers closed-book (said in its card and in /v1/models)
     return {"question": question, "history": history, "k": k, "max_tokens": max_tokens,
-            "closed_book": closed or not reader.has_index}
+            "repeat_penalty": penalty, "loop_ngram": ngram, "closed_book": closed or not reader.has_index}
 
 
 def _extras(ans) -> dict[str, Any]:

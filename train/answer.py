@@ -4,6 +4,8 @@ bundle's chat template, and generate greedily with llama.cpp (``llama_cpp.Llama`
 Used by ``slmforge ask`` and ``slmforge serve``. The prompt is built the same way training builds it
 (``PromptFormat.render_messages`` -> chat template) and tokenized as llama.cpp tokenizes a chat: the BOS the
 file asks for exactly once (a template that writes BOS itself has that text dropped when llama.cpp adds it).
+Generation: train/generation.py (the bundle's max tokens, repeat penalty and loop guard, overridable per call).
+The base GGUF + LoRA adapter pair loads as llama.cpp's model + ``lora_path``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from schemas.errors import ConfigError, StageError, require
 from train.bundle import Bundle
+from train.generation import Generation, decode
 
 
 @dataclass
@@ -47,6 +50,18 @@ class Answer:
         return asdict(self)
 
 
+def default_threads() -> int:
+    """CPU threads for llama.cpp when none are given: the physical cores this process may run on (llama.cpp's own
+    command line does the same). llama-cpp-python's default is half the logical CPUs for generation, i.e. one
+    thread on a 2-core machine, where two generate about 30 % more tokens per second (docs/bundle.md)."""
+    import os
+
+    import psutil
+
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(psutil.cpu_count(logical=False) or usable, usable))
+
+
 def _passage(n: int, hit: Any) -> Passage:
     span = tuple(int(x) for x in hit.span)
     return Passage(n=n, chunk_id=str(hit.chunk_id), source_id=str(hit.source_id), span=span,  # type: ignore[arg-type]
@@ -58,11 +73,14 @@ class Reader:
     generation at a time: a llama.cpp context is not)."""
 
     def __init__(self, bundle: Bundle, *, gguf: str | None = None, threads: int | None = None,
-                 n_ctx: int | None = None):
+                 n_ctx: int | None = None, llama_options: dict[str, Any] | None = None):
         self.bundle = bundle
-        self.gguf = bundle.gguf(gguf)
-        self.threads = threads
+        self.gguf, self.lora = bundle.model(gguf)
+        self.threads = threads or default_threads()
         self.n_ctx = n_ctx or int(bundle.manifest["llama"]["n_ctx"])
+        self.generation = Generation.from_manifest(bundle.manifest["llama"])
+        #: further ``llama_cpp.Llama`` parameters (e.g. n_ubatch, flash_attn), for measurements
+        self.llama_options = dict(llama_options or {})
         self.format = bundle.prompt_format
         self.llm = None
         self.index = None
@@ -74,7 +92,8 @@ class Reader:
 
     @property
     def model_name(self) -> str:
-        return self.gguf.name.removesuffix(".gguf")
+        name = self.gguf.name.removesuffix(".gguf")
+        return name + (f"+{self.lora.name.removesuffix('.gguf')}" if self.lora else "")
 
     def load(self) -> Reader:
         llama_cpp = require("llama_cpp", extra="llama", purpose="answering with a bundle")
@@ -92,10 +111,12 @@ class Reader:
                 raise ConfigError(f"the bundle's index {self.bundle.index} is empty", received="0 passages",
                                   fix="rebuild the bundle from a run whose chunk step kept rows, or use --closed-book")
         try:
-            self.llm = llama_cpp.Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, n_threads=self.threads,
-                                       n_threads_batch=self.threads, verbose=False)
+            self.llm = llama_cpp.Llama(model_path=str(self.gguf), lora_path=str(self.lora) if self.lora else None,
+                                       n_ctx=self.n_ctx, n_threads=self.threads, n_threads_batch=self.threads,
+                                       verbose=False, **self.llama_options)
         except (ValueError, RuntimeError) as exc:
-            raise StageError(f"llama.cpp could not load {self.gguf}", received=str(exc),
+            what = f"{self.gguf} + adapter {self.lora}" if self.lora else str(self.gguf)
+            raise StageError(f"llama.cpp could not load {what}", received=str(exc),
                              fix="check the file is a GGUF model llama.cpp supports (rebuild the bundle)") from None
         tmpl = self.bundle.manifest["chat_template"]
         self.bos_text = tmpl.get("bos_token") or ""
@@ -135,21 +156,16 @@ class Reader:
             passages, dropped = passages[:-1], dropped + 1
 
     # --- answering -------------------------------------------------------------------------------
-    def _prepare(self, question: str, *, k: int | None, closed_book: bool, max_tokens: int | None,
+    def _prepare(self, question: str, *, k: int | None, closed_book: bool, generation: Generation,
                  history: list[dict[str, str]] | None) -> dict[str, Any]:
         if self.llm is None:
             raise RuntimeError("Reader.load() first")
         if not question.strip():
             raise ConfigError("empty question", received=repr(question), fix="ask a question with some words")
         k = k or (self.bundle.manifest.get("retrieval") or {}).get("k") or 4
-        max_tokens = max_tokens or int(self.bundle.manifest["llama"]["max_new_tokens"])
         passages = None if closed_book else self.retrieve(question, k)
-        ids, passages, dropped = self._fit(list(history or []), question, passages, max_tokens)
-        return {"question": question, "ids": ids, "passages": passages, "dropped": dropped, "max_tokens": max_tokens}
-
-    def _generate(self, p: dict[str, Any], *, stream: bool):
-        return self.llm.create_completion(p["ids"], max_tokens=p["max_tokens"], temperature=0.0, top_k=1,
-                                          repeat_penalty=1.0, seed=0, stream=stream)
+        ids, passages, dropped = self._fit(list(history or []), question, passages, generation.max_tokens)
+        return {"question": question, "ids": ids, "passages": passages, "dropped": dropped, "generation": generation}
 
     def _answer(self, p: dict[str, Any], text: str, *, completion_tokens: int, finish: str) -> Answer:
         text, plist = text.strip(), p["passages"] or []
@@ -159,31 +175,29 @@ class Reader:
                       cited=self.format.cited_numbers(text, len(plist)))
 
     def answer(self, question: str, *, k: int | None = None, closed_book: bool = False,
-               max_tokens: int | None = None, history: list[dict[str, str]] | None = None) -> Answer:
-        """Answer ``question`` (after the earlier turns ``history``, if any) with citations."""
-        with self._lock:
-            p = self._prepare(question, k=k, closed_book=closed_book, max_tokens=max_tokens, history=history)
-            out = self._generate(p, stream=False)
-        choice = out["choices"][0]
-        return self._answer(p, choice["text"], completion_tokens=int(out["usage"]["completion_tokens"]),
-                            finish=choice.get("finish_reason") or "stop")
+               max_tokens: int | None = None, repeat_penalty: float | None = None, loop_ngram: int | None = None,
+               history: list[dict[str, str]] | None = None) -> Answer:
+        """Answer ``question`` with citations (the keywords as :meth:`stream`)."""
+        for piece in self.stream(question, k=k, closed_book=closed_book, max_tokens=max_tokens,
+                                 repeat_penalty=repeat_penalty, loop_ngram=loop_ngram, history=history):
+            if isinstance(piece, Answer):
+                return piece
+        raise AssertionError("stream() ends with an Answer")
 
     def stream(self, question: str, *, k: int | None = None, closed_book: bool = False,
-               max_tokens: int | None = None, history: list[dict[str, str]] | None = None) -> Iterator[str | Answer]:
-        """Like :meth:`answer`, but yields the answer's text pieces as llama.cpp makes them, then the whole
-        :class:`Answer` (``completion_tokens`` counted from the pieces)."""
-        pieces, finish, n = [], "stop", 0
+               max_tokens: int | None = None, repeat_penalty: float | None = None, loop_ngram: int | None = None,
+               history: list[dict[str, str]] | None = None) -> Iterator[str | Answer]:
+        """Answer ``question`` (after the earlier turns ``history``, if any): yields the answer's text pieces as they
+        become final, then the whole :class:`Answer`. ``max_tokens``/``repeat_penalty``/``loop_ngram`` override
+        the bundle's generation controls for this answer (None: the bundle's)."""
+        gen = self.generation.override(max_tokens=max_tokens, repeat_penalty=repeat_penalty, loop_ngram=loop_ngram)
+        pieces: list[str] = []
         with self._lock:  # released when the generator ends or is closed (a client that went away)
-            p = self._prepare(question, k=k, closed_book=closed_book, max_tokens=max_tokens, history=history)
-            for chunk in self._generate(p, stream=True):
-                choice = chunk["choices"][0]
-                if choice.get("finish_reason"):
-                    finish = choice["finish_reason"]
-                else:
-                    n += 1
-                if choice["text"]:
-                    pieces.append(choice["text"])
-                    yield choice["text"]
+            p = self._prepare(question, k=k, closed_book=closed_book, generation=gen, history=history)
+            for text, n, finish in decode(self.llm, p["ids"], gen):
+                if finish is None:
+                    pieces.append(text)
+                    yield text
         yield self._answer(p, "".join(pieces), completion_tokens=n, finish=finish)
 
     def close(self) -> None:

@@ -2,19 +2,22 @@
 
 Layout (``<workspace>/bundle/<fingerprint>/bundle/``)::
 
-    bundle.json            manifest: every file with sha256 and bytes, the default GGUF, llama.cpp settings,
-                           the prompt format's fingerprint, whether an index is present
+    bundle.json            manifest: every file with sha256 and bytes, the default GGUF, llama.cpp settings
+                           (context, generation controls), the prompt format's fingerprint, the index
     <name>-<TYPE>.gguf     the GGUF files the export wrote (hard links or copies)
+    <name>-base-<TYPE>.gguf + <name>-lora-F16.gguf
+                           the base GGUF + LoRA adapter pair, when the export wrote one (``base_gguf: true``);
+                           ask/serve load it with ``--gguf pair`` (or ``default_gguf: pair``)
     index/                 the retrieval index (absent: the bundle answers closed-book only)
     prompt_format.json     the retrieval prompt format (schemas/prompt_format.py) with its fingerprint
     chat_template.jinja    the chat template, as stored in the default GGUF (what llama.cpp sees)
     README.md              the export's model card with a "Bundle" section
     Modelfile, *.png       the export's Ollama Modelfile and the card's plots
 
-Top to bottom: find the export (and the index) among the inputs -> copy/link -> read the chat template and
-context length from the GGUF -> write the prompt format, the card and the manifest -> load the finished
-folder exactly as ``ask`` will (``open_bundle``: every file's sha256, the prompt format's fingerprint, the
-index opens and answers a search).
+Top to bottom: find the export (and the index, and the dataset) among the inputs -> copy/link -> read the chat
+template and context length from the GGUF -> size the answer length from the training answers -> write the
+prompt format, the card and the manifest -> load the finished folder exactly as ``ask`` will (``open_bundle``:
+every file's sha256, the prompt format's fingerprint, the index opens and answers a search).
 """
 
 from __future__ import annotations
@@ -36,7 +39,13 @@ from train.bundle_config import BundleConfig
 
 MANIFEST = "bundle.json"
 TEMPLATE_FILE = "chat_template.jinja"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: manifests this version reads (1: no generation controls, no pair; their defaults apply)
+READS_VERSIONS = (1, 2)
+#: the name ask/serve/default_gguf give the base GGUF + LoRA adapter pair
+PAIR = "pair"
+#: answer length when no dataset is among the inputs to size it from
+FALLBACK_MAX_NEW_TOKENS = 256
 #: files of the export step that go into the bundle besides the GGUF files
 EXPORT_EXTRAS = ("Modelfile", "eval.png", "loss.png")
 #: runner bookkeeping inside a step folder that is not part of an index
@@ -81,18 +90,31 @@ def _place(src: Path, dst: Path, *, link: str) -> None:
     shutil.copy2(src, dst)
 
 
-def find_export_and_index(inputs: dict[str, Path], *, where: str) -> tuple[Path, Path | None]:
-    """The export folder (holds export.json) and the optional index folder among a step's inputs."""
+@dataclass
+class BundleInputs:
+    export: Path
+    index: Path | None = None
+    #: a dataset step (examples with messages): the training answers size max_new_tokens
+    dataset: Path | None = None
+
+
+def find_bundle_inputs(inputs: dict[str, Path], *, where: str) -> BundleInputs:
+    """The export folder (holds export.json), the optional dataset (part-*.parquet with messages) and the optional
+    index folder (anything else) among a step's inputs."""
+    from train.inputs import find_inputs
+
     exports = [Path(p) for p in inputs.values() if (Path(p) / "export.json").is_file()]
-    others = [Path(p) for p in inputs.values() if not (Path(p) / "export.json").is_file()]
+    datasets = [Path(p) for p in inputs.values() if Path(p) not in exports and find_inputs({"x": Path(p)}).examples]
+    others = [Path(p) for p in inputs.values() if Path(p) not in exports and Path(p) not in datasets]
     if len(exports) != 1:
         raise ConfigError(f"{where}: needs exactly one export step among its inputs", received=[str(p) for p in inputs.values()],
                           expected="one folder holding export.json (an export step)",
-                          fix="list the export step (and optionally the index step) in 'inputs:'")
-    if len(others) > 1:
-        raise ConfigError(f"{where}: at most one index among the inputs", received=[str(p) for p in others],
-                          fix="list one index step in 'inputs:'")
-    return exports[0], (others[0] if others else None)
+                          fix="list the export step (and optionally the index and dataset steps) in 'inputs:'")
+    for kind, found in (("index", others), ("dataset", datasets)):
+        if len(found) > 1:
+            raise ConfigError(f"{where}: at most one {kind} among the inputs", received=[str(p) for p in found],
+                              fix=f"list one {kind} step in 'inputs:'")
+    return BundleInputs(export=exports[0], index=others[0] if others else None, dataset=datasets[0] if datasets else None)
 
 
 def export_ggufs(export: Path) -> list[str]:
@@ -106,15 +128,60 @@ def export_ggufs(export: Path) -> list[str]:
     return names
 
 
-def pick_default(names: list[str], wanted: str | None) -> str:
+def export_pair(export: Path) -> dict[str, str] | None:
+    """``{base, adapter, type}`` of the base GGUF + LoRA adapter pair the export wrote (``base_gguf: true``), or
+    None. A pair the export lists but whose files are gone is an error (the bundle would silently lack it)."""
+    pair = json.loads((export / "export.json").read_text()).get("base_lora")
+    if not pair:
+        return None
+    missing = [pair[k] for k in ("file", "adapter") if not (export / pair[k]).is_file()]
+    if missing:
+        raise StageError("bundle: the export lists a base + LoRA pair whose files are missing", received=missing,
+                         fix="run the export step again")
+    return {"base": pair["file"], "adapter": pair["adapter"], "type": pair.get("type", "base + LoRA")}
+
+
+def pick_default(names: list[str], wanted: str | None, *, pair: dict[str, str] | None = None) -> str:
+    """The default model: a GGUF file name, or :data:`PAIR` for the base + adapter pair."""
+    if wanted == PAIR:
+        if pair is None:
+            raise ConfigError("bundle: default_gguf 'pair', but the export wrote no base GGUF + LoRA adapter pair",
+                              received=wanted, expected=", ".join(names),
+                              fix="set base_gguf: true on the export step (a base model read from a GGUF), or pick "
+                                  "one of the exported types")
+        return PAIR
     if wanted is not None:
         match = [n for n in names if n.endswith(f"-{wanted}.gguf")]
         if not match:
             raise ConfigError(f"bundle: default_gguf {wanted!r} was not exported", received=wanted,
-                              expected=", ".join(names), fix="pick one of the exported types or add it to the export")
+                              expected=", ".join(names + ([PAIR] if pair else [])),
+                              fix="pick one of the exported types or add it to the export")
         return match[0]
     q8 = [n for n in names if n.endswith("-Q8_0.gguf")]
     return q8[0] if q8 else names[0]
+
+
+def training_answer_lengths(dataset: Path, model: Path) -> list[int]:
+    """Generated-token lengths (train.generation.answer_lengths) of the last assistant message of every training
+    row (the train split; all rows when the dataset has no split), tokenized by ``model``'s vocabulary in
+    llama.cpp."""
+    from schemas.errors import require
+    from train.generation import answer_lengths
+    from train.inputs import read_examples
+
+    llama_cpp = require("llama_cpp", extra="llama", purpose="sizing the answer length from the training answers")
+    rows = read_examples(dataset)
+    if any(r.get("split") for r in rows):
+        rows = [r for r in rows if r.get("split") == "train"]
+    answers = [m["content"] for r in rows for m in r["messages"][-1:] if m["role"] == "assistant"]
+    if not answers:
+        raise StageError("bundle: the dataset input holds no training answers", received=str(dataset),
+                         fix="list the dataset step the model was trained on in 'inputs:' (or set max_new_tokens)")
+    vocab = llama_cpp.Llama(model_path=str(model), vocab_only=True, verbose=False)
+    try:
+        return answer_lengths(answers, lambda t: vocab.tokenize(t.encode("utf-8"), add_bos=False, special=False))
+    finally:
+        vocab.close()
 
 
 def index_folder(step: Path) -> Path:
@@ -144,10 +211,20 @@ def outside_model(index: Path) -> str | None:
 
 
 def bundle_card(card: str, *, manifest: dict[str, Any]) -> str:
-    index = manifest["index"]
+    index, llama, pair = manifest["index"], manifest["llama"], manifest.get("pair")
+    sized = llama.get("max_new_tokens_from") or {}
+    length = (f"at most {llama['max_new_tokens']} new tokens"
+              + (f" (the {sized['quantile']:g} quantile of the {sized['answers']} training answers' lengths; "
+                 f"median {sized['median']}, longest {sized['max']})" if sized.get("answers") else ""))
+    guard = (f"a repeat of {llama['loop_ngram']} tokens ends the answer" if llama.get("loop_ngram")
+             else "no loop guard")
+    default = (f"`{pair['base']}` + adapter `{pair['adapter']}` ({pair['type']})" if manifest["default_gguf"] == PAIR
+               else f"`{manifest['default_gguf']}`")
     lines = ["", "## Bundle", "",
-             f"Default GGUF: `{manifest['default_gguf']}` (llama.cpp, n_ctx {manifest['llama']['n_ctx']}, greedy, "
-             f"at most {manifest['llama']['max_new_tokens']} new tokens).",
+             f"Default GGUF: {default} (llama.cpp, n_ctx {llama['n_ctx']}, greedy, {length}; stops at the end of "
+             f"turn; repeat penalty {llama.get('repeat_penalty', 1.0):g}; {guard}).",
+             *([f"Also carried: the base GGUF + LoRA adapter pair `{pair['base']}` + `{pair['adapter']}` "
+                f"(`--gguf {PAIR}`)."] if pair and manifest["default_gguf"] != PAIR else []),
              f"Prompt format fingerprint: `{manifest['prompt_format']['fingerprint']}` "
              f"(version {manifest['prompt_format']['version']}).",
              (f"Retrieval: the index in `index/`, {manifest['retrieval']['k']} passages per question."
@@ -156,21 +233,37 @@ def bundle_card(card: str, *, manifest: dict[str, Any]) -> str:
     return card.rstrip() + "\n" + "\n".join(lines)
 
 
+def answer_budget(cfg: BundleConfig, dataset: Path | None, model: Path) -> tuple[int, dict[str, Any]]:
+    """``max_new_tokens`` and where it came from: the config's value, else the ``answer_quantile`` of the training
+    answers' token lengths, else (no dataset among the inputs) :data:`FALLBACK_MAX_NEW_TOKENS`."""
+    if cfg.max_new_tokens is not None:
+        return cfg.max_new_tokens, {"source": "config"}
+    if dataset is None:
+        return FALLBACK_MAX_NEW_TOKENS, {"source": "fallback: no dataset among the inputs"}
+    from train.generation import quantile
+
+    lengths = training_answer_lengths(dataset, model)
+    return quantile(lengths, cfg.answer_quantile), {
+        "source": "training answers", "quantile": cfg.answer_quantile, "answers": len(lengths),
+        "median": quantile(lengths, 0.5), "max": max(lengths)}
+
+
 class BundleStage(Stage[BundleConfig]):
     kind = "artifact"
-    version = "1"
-    #: plan() checks an export step is among the inputs (an index step is optional)
+    version = "2"
+    #: plan() checks an export step is among the inputs (index and dataset steps are optional)
     needs = ("export",)
 
     def run(self, ctx: StageContext) -> dict[str, Any]:
         cfg = self.config
-        export, index = find_export_and_index(dict(ctx.inputs), where=ctx.step)
+        found = find_bundle_inputs(dict(ctx.inputs), where=ctx.step)
+        export, index = found.export, found.index
         out = Path(ctx.out_dir) / "bundle"
         out.mkdir(parents=True, exist_ok=True)
 
-        names = export_ggufs(export)
-        default = pick_default(names, cfg.default_gguf)
-        for name in names:
+        names, pair = export_ggufs(export), export_pair(export)
+        default = pick_default(names, cfg.default_gguf, pair=pair)
+        for name in names + ([pair["base"], pair["adapter"]] if pair else []):
             _place(export / name, out / name, link=cfg.link)
             ctx.progress(1)
         for name in EXPORT_EXTRAS:
@@ -180,27 +273,31 @@ class BundleStage(Stage[BundleConfig]):
             shutil.copytree(index_folder(index), out / "index",
                             ignore=lambda d, entries: [e for e in entries if e in STEP_FILES])
 
-        info = gguf_info(out / default)
+        model = out / (pair["base"] if default == PAIR else default)
+        info = gguf_info(model)
         if not info["chat_template"]:
-            raise StageError(f"bundle: {default} has no chat template (tokenizer.chat_template)",
+            raise StageError(f"bundle: {model.name} has no chat template (tokenizer.chat_template)",
                              fix="export from a base model whose tokenizer has a chat template")
         write_text(info["chat_template"], out / TEMPLATE_FILE)
         trained_ctx = int(info["context_length"] or 4096)
         n_ctx = cfg.n_ctx or min(trained_ctx, 4096)
+        max_new, sized = answer_budget(cfg, found.dataset, model)
         fmt: PromptFormat = cfg.prompt_format
         fmt.save(out / PROMPT_FILE)
 
         manifest = {
             "format_version": FORMAT_VERSION,
-            "model_name": default.rsplit("-", 1)[0],
+            "model_name": names[0].rsplit("-", 1)[0],
             "default_gguf": default,
             "ggufs": names,
+            "pair": pair,
             "index": "index" if index is not None else None,
             "retrieval": {"k": cfg.k} if index is not None else None,
             "prompt_format": {"file": PROMPT_FILE, "fingerprint": fmt.fingerprint(), "version": fmt.version},
             "chat_template": {"file": TEMPLATE_FILE, "bos_token": info["bos_token"], "eos_token": info["eos_token"]},
-            "llama": {"n_ctx": n_ctx, "trained_context_length": trained_ctx, "max_new_tokens": cfg.max_new_tokens,
-                      "temperature": 0.0},
+            "llama": {"n_ctx": n_ctx, "trained_context_length": trained_ctx, "temperature": 0.0,
+                      "max_new_tokens": max_new, "max_new_tokens_from": sized, "repeat_penalty": cfg.repeat_penalty,
+                      "loop_ngram": cfg.loop_ngram},
         }
         card = (export / "README.md").read_text() if (export / "README.md").is_file() else f"# {manifest['model_name']}\n"
         write_text(bundle_card(card, manifest=manifest), out / "README.md")
@@ -211,15 +308,21 @@ class BundleStage(Stage[BundleConfig]):
         bundle = open_bundle(out)  # the finished folder loads exactly as ask/serve load it
         chunks = check_index(bundle.index) if bundle.index is not None else None
         outside = outside_model(out / "index") if index is not None else None
-        return {**({"warning": f"the index needs its embedding model folder {outside}, which is not in the bundle: "
-                               "it must exist at that path wherever the bundle runs"} if outside else {}),"default_gguf": default, "files": len(manifest["files"]),
-                "bytes": sum(f["bytes"] for f in manifest["files"].values()),
+        warnings = ([f"the index needs its embedding model folder {outside}, which is not in the bundle: it must "
+                     "exist at that path wherever the bundle runs"] if outside else []) + (
+                    [f"max_new_tokens {max_new}: no dataset among the inputs to size it from the training answers "
+                     "(add the dataset step to 'inputs:' or set max_new_tokens)"]
+                    if sized["source"].startswith("fallback") else [])
+        return {**({"warning": "; ".join(warnings)} if warnings else {}), "default_gguf": default,
+                "files": len(manifest["files"]), "bytes": sum(f["bytes"] for f in manifest["files"].values()),
                 "index": "yes" if index is not None else "none (closed-book only)",
                 **({"index_chunks": chunks} if chunks is not None else {}),
-                "prompt_format": fmt.fingerprint()[:16], "n_ctx": n_ctx}
+                "prompt_format": fmt.fingerprint()[:16], "n_ctx": n_ctx, "max_new_tokens": max_new,
+                "pair": f"{pair['base']} + {pair['adapter']}" if pair else "none"}
 
     def summary(self, stats):
-        return [(k, str(stats[k])) for k in ("default_gguf", "index", "prompt_format", "n_ctx", "warning") if k in stats]
+        return [(k, str(stats[k])) for k in ("default_gguf", "pair", "index", "prompt_format", "n_ctx", "max_new_tokens",
+                                              "warning") if k in stats]
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -238,16 +341,29 @@ class Bundle:
     def index(self) -> Path | None:
         return None if self.manifest["index"] is None else self.path / self.manifest["index"]
 
-    def gguf(self, quant: str | None = None) -> Path:
-        """The GGUF file of type ``quant`` (e.g. 'Q4_K_M'; None: the bundle's default)."""
-        if quant is None:
-            return self.path / self.manifest["default_gguf"]
-        names = [n for n in self.manifest["ggufs"] if n.endswith(f"-{quant}.gguf") or n == quant]
+    @property
+    def pair(self) -> dict[str, str] | None:
+        return self.manifest.get("pair")
+
+    def types(self) -> list[str]:
+        """What ``--gguf`` accepts: the quantization types of the GGUF files, and ``pair`` when carried."""
+        return [n.rsplit("-", 1)[-1].removesuffix(".gguf") for n in self.manifest["ggufs"]] + ([PAIR] if self.pair else [])
+
+    def model(self, choice: str | None = None) -> tuple[Path, Path | None]:
+        """(GGUF, LoRA adapter GGUF or None) of ``choice``: a type such as 'Q4_K_M', a file name, ``pair`` (the
+        base GGUF + adapter), or None (the bundle's default)."""
+        choice = choice or self.manifest["default_gguf"]
+        if choice == PAIR:
+            if not self.pair:
+                raise ConfigError("--gguf pair: this bundle carries no base GGUF + LoRA adapter pair", received=choice,
+                                  expected="one of " + ", ".join(self.types()),
+                                  fix="rebuild the bundle from an export with base_gguf: true, or pick another type")
+            return self.path / self.pair["base"], self.path / self.pair["adapter"]
+        names = [n for n in self.manifest["ggufs"] if n.endswith(f"-{choice}.gguf") or n == choice]
         if not names:
-            types = [n.rsplit("-", 1)[-1].removesuffix(".gguf") for n in self.manifest["ggufs"]]
-            raise ConfigError(f"--gguf {quant}: the bundle has no such file", received=quant,
-                              expected="one of " + ", ".join(types), fix="pick a type the bundle holds")
-        return self.path / names[0]
+            raise ConfigError(f"--gguf {choice}: the bundle has no such file", received=choice,
+                              expected="one of " + ", ".join(self.types()), fix="pick a type the bundle holds")
+        return self.path / names[0], None
 
 
 def _bundle_error(message: str, path: Path, **kw: Any) -> ConfigError:
@@ -265,8 +381,8 @@ def open_bundle(path: str | Path) -> Bundle:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _bundle_error(f"{MANIFEST} is not readable JSON: {exc}", path, fix="rebuild the bundle") from None
-    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
-        raise _bundle_error(f"{MANIFEST} is not a bundle manifest of version {FORMAT_VERSION}", path,
+    if not isinstance(manifest, dict) or manifest.get("format_version") not in READS_VERSIONS:
+        raise _bundle_error(f"{MANIFEST} is not a bundle manifest of version {' or '.join(map(str, READS_VERSIONS))}", path,
                             received=manifest.get("format_version") if isinstance(manifest, dict) else type(manifest).__name__,
                             fix="rebuild the bundle with this version of slmforge")
     for rel, rec in manifest["files"].items():

@@ -91,6 +91,31 @@ def test_an_empty_index_step_fails_the_bundle_clearly(exported, tmp_path):
                                                                      "index": tmp_path / "index"}))
 
 
+def test_answer_length_is_sized_from_the_training_answers(exported, index_dir, tmp_path):
+    """(Runs before the test that deletes the export.) max_new_tokens None + the dataset among the inputs: the 0.99 quantile of the training answers' lengths
+    (the training tokenizer's count + the end-of-turn token), recorded in bundle.json and the card."""
+    from tests.train.conftest import make_ctx
+    from train.bundle import BundleStage
+    from train.bundle_config import BundleConfig
+    from train.generation import quantile
+    from train.inputs import load_tokenizer, read_examples
+
+    stats = BundleStage(BundleConfig(link="copy", loop_ngram=8)).run(make_ctx(tmp_path, "bundle", {
+        "export": exported["export"], "index": index_dir, "dataset": exported["dataset"]}))
+    tok = load_tokenizer(exported["base"] / "model")
+    answers = [r["messages"][-1]["content"] for r in read_examples(exported["dataset"], split="train")]
+    want = quantile([len(tok(a.strip(), add_special_tokens=False)["input_ids"]) + 1 for a in answers], 0.99)
+    llama = json.loads((tmp_path / "bundle" / "bundle" / "bundle.json").read_text())["llama"]
+    assert llama["max_new_tokens"] == stats["max_new_tokens"] == want
+    assert llama["max_new_tokens_from"]["answers"] == len(answers) and llama["max_new_tokens_from"]["quantile"] == 0.99
+    assert llama["loop_ngram"] == 8 and llama["repeat_penalty"] == 1.0 and "warning" not in stats
+    card = (tmp_path / "bundle" / "bundle" / "README.md").read_text()
+    assert f"at most {want} new tokens (the 0.99 quantile of the {len(answers)} training answers" in card
+
+    stats = BundleStage(BundleConfig(link="copy")).run(make_ctx(tmp_path, "b2", {"export": exported["export"]}))
+    assert stats["max_new_tokens"] == 256 and "no dataset among the inputs" in stats["warning"]
+
+
 def test_ask_from_a_copied_bundle_with_nothing_else(copied, exported, monkeypatch, tmp_path):
     from slmforge.cli import app
 
@@ -240,3 +265,51 @@ def test_workspace_means_the_last_runs_bundle_step(bundle_dir, tmp_path):
     assert res.exit_code == 2 and "--bundle DIR, or -w WORKSPACE" in res.output
     res = CliRunner().invoke(app, ["ask", "-w", str(tmp_path), "Which port?"])
     assert res.exit_code == 2 and "no run found" in res.output
+
+
+def test_generation_controls_end_a_looping_answer(copied):
+    """The tiny model repeats one token until the limit: the loop guard ends it where the repeat began, the
+    streamed pieces are exactly the final answer, and the repeat penalty changes what greedy decoding picks."""
+    from train.answer import Answer, open_reader
+
+    reader = open_reader(copied, threads=2)
+    try:
+        q = FACTS[1][0] + "?"
+        free = reader.answer(q, max_tokens=40, loop_ngram=0)
+        assert free.finish_reason == "length" and free.completion_tokens == 40
+        guarded = reader.answer(q, max_tokens=40, loop_ngram=4)
+        assert guarded.finish_reason == "loop" and guarded.completion_tokens < 40
+        ids = reader.llm.tokenize(guarded.answer.encode(), add_bos=False, special=False)
+        assert not any(tuple(ids[i:i + 4]) == tuple(ids[j:j + 4]) for i in range(len(ids)) for j in range(i))
+        pieces = list(reader.stream(q, max_tokens=40, loop_ngram=4))
+        assert isinstance(pieces[-1], Answer) and "".join(pieces[:-1]).strip() == pieces[-1].answer == guarded.answer
+        penalised = reader.answer(q, max_tokens=40, loop_ngram=0, repeat_penalty=1.5)
+        assert penalised.answer != free.answer
+        assert reader.answer(q).completion_tokens <= json.loads((copied / "bundle.json").read_text())["llama"]["max_new_tokens"]
+    finally:
+        reader.close()
+
+
+def test_serve_and_ask_take_the_generation_controls(copied, tmp_path):
+    from slmforge.cli import app
+    from slmforge.serve import _Error, completion
+    from train.answer import open_reader
+
+    reader = open_reader(copied, threads=2)
+    try:
+        msg = {"messages": [{"role": "user", "content": FACTS[1][0] + "?"}]}
+        out = completion(reader, {**msg, "max_tokens": 30, "loop_ngram": 4})
+        assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["completion_tokens"] < 30  # cut: a loop
+        out = completion(reader, {**msg, "max_tokens": 30, "loop_ngram": 0, "repeat_penalty": 1.0})
+        assert out["choices"][0]["finish_reason"] == "length" and out["usage"]["completion_tokens"] == 30
+        for bad in ({"loop_ngram": 1}, {"loop_ngram": "4"}, {"repeat_penalty": 9}, {"max_tokens": True}):
+            with pytest.raises(_Error) as err:
+                completion(reader, {**msg, **bad})
+            assert err.value.status == 400
+    finally:
+        reader.close()
+    res = CliRunner().invoke(app, ["ask", "-b", str(copied), FACTS[1][0] + "?", "--threads", "2", "--max-tokens", "30",
+                                   "--loop-ngram", "4"])
+    assert res.exit_code == 0 and "began to repeat itself" in res.output, res.output
+    res = CliRunner().invoke(app, ["ask", "-b", str(copied), "Which port?", "--loop-ngram", "1"])
+    assert res.exit_code == 2 and "0 (off) or 2-64" in res.output and "Traceback" not in res.output
