@@ -41,7 +41,7 @@ def main() -> None:
     manifest["files"][name] = {"sha256": sha256(args.out / name), "bytes": (args.out / name).stat().st_size}
     (args.out / MANIFEST).unlink()  # a hard link to the original: replace, never write through
     (args.out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    open_bundle(args.out).gguf(f"base-{args.type}")
+    open_bundle(args.out).model(f"base-{args.type}")
     print(json.dumps({"bundle": str(args.out), "base_gguf": name, "tuned_default": bundle.manifest["default_gguf"]}))
 
 
