@@ -7,7 +7,10 @@ The metrics are the open-book eval's (train/eval_openbook.py, train/answer_metri
 * ``token_f1``: SQuAD token F1 against ``reference``, citations removed (questions with a reference);
 * ``citation_accuracy``: the first source the answer cites is the question's page (no citation = wrong;
   open-book files, questions with a ``page``/``source``);
-* ``recall@k (page)``: the question's page is among the retrieved passages' sources (open-book files).
+* ``recall@k (page)``: the question's page is among the retrieved passages' sources (open-book files);
+* ``prompt_echo``: the answer repeats the prompt (the system text's first sentence, or a passage line's
+  ``[n] (source)`` header): a model that dumps its prompt can contain the keywords without answering;
+* ``correct_no_echo``: ``correct`` and not ``prompt_echo``.
 
 Every question of the question file must have exactly one answer line in every answers file (by ``id``); a missing
 or extra id is an error, not a silently smaller denominator.
@@ -33,6 +36,14 @@ def read_answers(path: Path) -> dict[str, dict]:
     return {r["id"]: r for r in read_questions(path, fields=("answer", "citations", "closed_book", "passages"))}
 
 
+def echoes_prompt(text: str, fmt) -> bool:
+    """The answer repeats the prompt: the open-book system text's first sentence, or a passage header."""
+    import re
+
+    first = fmt.system.split(". ")[0]
+    return first in text or re.search(r"^\[\d+\] \([^)\n]+\)", text, re.M) is not None
+
+
 def score(questions: list, answers: dict[str, dict], *, fmt) -> dict[str, Any]:
     from train.answer_metrics import keyword_hit, token_f1
     from train.eval_openbook import same_page, strip_citations
@@ -42,14 +53,16 @@ def score(questions: list, answers: dict[str, dict], *, fmt) -> dict[str, Any]:
     if missing or extra:
         sys.exit(f"answers do not match the questions: missing {missing[:5]} ({len(missing)}), extra {extra[:5]} ({len(extra)})")
     open_book = any(not answers[i].get("closed_book", False) for i in ids)
-    cells: dict[str, list[float]] = {"correct": [], "token_f1": [], "citation_accuracy": [], "recall_at_k": []}
+    cells: dict[str, list[float]] = {"correct": [], "token_f1": [], "citation_accuracy": [], "recall_at_k": [],
+                                     "prompt_echo": [], "correct_no_echo": []}
     rows = []
     for q in questions:
         a = answers[q.id]
         text = a["answer"]
-        row = {"id": q.id, "answer": text}
+        row = {"id": q.id, "answer": text, "prompt_echo": float(echoes_prompt(text, fmt))}
         if q.keywords:
             row["correct"] = float(keyword_hit(text, q.keywords))
+            row["correct_no_echo"] = row["correct"] * (1.0 - row["prompt_echo"])
         if q.reference:
             row["token_f1"] = token_f1(strip_citations(text, fmt), q.reference)
         if open_book and q.page:
@@ -93,7 +106,7 @@ def main() -> None:
             return f"{c['value']:.3f} (n={c['n']})"
         return f"{c['value']:.3f} ({round(c['value'] * c['n'])}/{c['n']})"
 
-    metrics = ("correct", "token_f1", "citation_accuracy", "recall_at_k")
+    metrics = ("correct", "correct_no_echo", "prompt_echo", "token_f1", "citation_accuracy", "recall_at_k")
     print(f"{args.questions}: {len(questions)} questions")
     print("| metric | " + " | ".join(results) + " |")
     print("|---|" + "---:|" * len(results))
