@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from schemas.errors import ConfigError
-from tests.train.conftest import FACTS, build_base, build_dataset, make_ctx
+from tests.train.conftest import FACTS, build_base, build_dataset, gguf_published_base, make_ctx
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.slow
@@ -20,26 +20,16 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pair_bundle(tmp_path_factory, index_dir):
-    from train.base_model import BaseModelStage
     from train.bundle import BundleStage
     from train.bundle_config import BundleConfig
-    from train.config import BaseModelConfig, ExportConfig, TrainConfig
+    from train.config import ExportConfig, TrainConfig
     from train.export import ExportStage
-    from train.gguf_export import write_gguf
-    from train.inputs import load_model, load_tokenizer
-    from train.llama_cpp import quantize
     from train.sft import TrainStage
 
     root = tmp_path_factory.mktemp("pairbundle")
     dataset = build_dataset(root)
     tiny = build_base(root, name="tiny", pretrain_steps=30)
-    tok = load_tokenizer(tiny / "model")
-    published = root / "published"
-    published.mkdir()
-    write_gguf(load_model(tiny / "model"), tok, published / "tiny-F16.gguf", quant="F16", name="tiny")
-    quantize(published / "tiny-F16.gguf", published / "tiny-Q8_0.gguf", qtype="Q8_0", threads=2)
-    BaseModelStage(BaseModelConfig(path=str(published), gguf_file="tiny-Q8_0.gguf", chat_template=tok.chat_template)).run(
-        make_ctx(root, "base", {}))
+    gguf_published_base(root, tiny)
     TrainStage(TrainConfig(max_steps=8, learning_rate=5e-3, batch_size=8, rank=8, alpha=16, threads=2)).run(
         make_ctx(root, "train", {"dataset": dataset, "base": root / "base"}))
     ExportStage(ExportConfig(model_name="tiny-pair", quantizations=["F16"], keep_merged=False, tokenizer_samples=4,

@@ -84,6 +84,25 @@ def build_base(root: Path, *, name: str = "base", architecture: str = "llama", *
     return root / name
 
 
+def gguf_published_base(root: Path, tiny: Path, *, name: str = "base") -> Path:
+    """The tiny model ``tiny`` published as a Q8_0 GGUF (F16 written by us, quantised by llama.cpp) and read back
+    by the base_model step with ``gguf_file:``, as a user's GGUF base model is; returns that step's folder."""
+    from train.base_model import BaseModelStage
+    from train.config import BaseModelConfig
+    from train.gguf_export import write_gguf
+    from train.inputs import load_model, load_tokenizer
+    from train.llama_cpp import quantize
+
+    tok = load_tokenizer(tiny / "model")
+    published = root / "published"
+    published.mkdir()
+    write_gguf(load_model(tiny / "model"), tok, published / "tiny-F16.gguf", quant="F16", name="tiny")
+    quantize(published / "tiny-F16.gguf", published / "tiny-Q8_0.gguf", qtype="Q8_0", threads=2)
+    BaseModelStage(BaseModelConfig(path=str(published), gguf_file="tiny-Q8_0.gguf", chat_template=tok.chat_template)).run(
+        make_ctx(root, name, {}))
+    return root / name
+
+
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory):
     """{root, dataset, base, train, train_stats}: a trained tiny LoRA model, built once per session."""

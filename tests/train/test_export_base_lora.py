@@ -10,7 +10,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.train.conftest import build_base, build_dataset, make_ctx
+from tests.train.conftest import build_base, build_dataset, gguf_published_base, make_ctx
 
 pytest.importorskip("llama_cpp")
 
@@ -19,24 +19,14 @@ GEMMA_TINY = {"num_layers": 6, "num_heads": 2, "num_kv_heads": 1, "sliding_windo
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from train.base_model import BaseModelStage
-    from train.config import BaseModelConfig, ExportConfig, TrainConfig
+    from train.config import ExportConfig, TrainConfig
     from train.export import ExportStage
-    from train.gguf_export import write_gguf
-    from train.inputs import load_model, load_tokenizer
-    from train.llama_cpp import quantize
     from train.sft import TrainStage
 
     root = tmp_path_factory.mktemp("baselora")
     dataset = build_dataset(root)
     tiny = build_base(root, name="tiny", architecture="gemma3", **GEMMA_TINY)
-    tok = load_tokenizer(tiny / "model")
-    published = root / "published"
-    published.mkdir()
-    write_gguf(load_model(tiny / "model"), tok, published / "tiny-F16.gguf", quant="F16", name="tiny")
-    quantize(published / "tiny-F16.gguf", published / "tiny-Q8_0.gguf", qtype="Q8_0", threads=2)
-    BaseModelStage(BaseModelConfig(path=str(published), gguf_file="tiny-Q8_0.gguf", chat_template=tok.chat_template)).run(
-        make_ctx(root, "base", {}))
+    gguf_published_base(root, tiny)
     TrainStage(TrainConfig(max_steps=6, learning_rate=3e-3, batch_size=8, rank=8, alpha=16, threads=2)).run(
         make_ctx(root, "train", {"dataset": dataset, "base": root / "base"}))
     cfg = ExportConfig(model_name="gemma-tiny", quantizations=["F16", "Q8_0"], keep_merged=False, tokenizer_samples=4,
@@ -44,7 +34,7 @@ def exported(tmp_path_factory):
                        tensor_types={"Q8_0": {"token_embedding_type": "F16"}})
     stats = ExportStage(cfg).run(make_ctx(root, "export", {"dataset": dataset, "base": root / "base",
                                                            "train": root / "train"}))
-    return {"root": root, "out": root / "export", "stats": stats, "published": published / "tiny-Q8_0.gguf",
+    return {"root": root, "out": root / "export", "stats": stats, "published": root / "published" / "tiny-Q8_0.gguf",
             "export": json.loads((root / "export" / "export.json").read_text())}
 
 
