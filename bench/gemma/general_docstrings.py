@@ -1,4 +1,4 @@
-"""Write data/eval/general_validation.jsonl: general (non-PostgreSQL) prose to CHOOSE settings against forgetting.
+"""Write data/eval/general_docstrings.jsonl: general technical prose (not PostgreSQL) to check forgetting on.
 
 data/eval/general_text.jsonl is the forgetting target's text (reported, never used to choose); the replay corpus's
 validation texts are Debian fortunes, the genre the replay trains on, so their perplexity falls with training and
@@ -6,7 +6,7 @@ says nothing about forgetting. This file is a third set: the module docstrings o
 (PSF licence), expository English about programming, nothing about databases or SQL. Written once and committed, so
 the set does not change with the Python version.
 
-    python bench/gemma/general_validation.py [data/eval/general_validation.jsonl]
+    python bench/gemma/general_docstrings.py [data/eval/general_docstrings.jsonl]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ MODULES = ["argparse", "bisect", "calendar", "codecs", "collections", "contextli
 
 
 def main() -> None:
-    out = Path(sys.argv[1] if len(sys.argv) > 1 else "data/eval/general_validation.jsonl")
+    out = Path(sys.argv[1] if len(sys.argv) > 1 else "data/eval/general_docstrings.jsonl")
     rows = []
     for name in MODULES:
         doc = inspect.cleandoc(importlib.import_module(name).__doc__ or "")
