@@ -6,12 +6,15 @@ does the domain gain; this measures both on VALIDATION data only, so the scale c
 the hand-written or the blind questions:
 
 - domain: answer loss (labelled tokens only) of the dataset's validation-split rows (the RAFT prompts);
-- general: perplexity of the replay corpus's validation texts (never trained on; the replay trains on train.jsonl);
+- general: perplexity of held-out general texts (``--general``): data/eval/general_validation.jsonl (everyday prose
+  written as a validation set), data/eval/general_docstrings.jsonl (CPython docstrings) or licence excerpts that
+  models know by heart (bench/gemma/general_memorized.py). Not the replay corpus's validation texts: the replay
+  trains on that genre (fortunes), so their perplexity falls with training and says nothing about forgetting;
 - ``--report`` texts (e.g. data/eval/general_text.jsonl, the recipe's forgetting target) are printed but are not
   part of the choice.
 
     python bench/raft/adapter_scale.py --base WS/base_model/<fp>/model --adapter WS/train/<fp>/adapter \\
-        --dataset WS/dataset/<fp> --general workspace/corpora/general-replay/validation.jsonl \\
+        --dataset WS/dataset/<fp> --general data/eval/general_validation.jsonl \\
         --report data/eval/general_text.jsonl --scales 1,0.9,0.8,0.7,0.6 --threads 2 [--out scale.json]
 """
 
@@ -104,7 +107,7 @@ def main() -> None:
               + f"  ({time.perf_counter() - t0:.0f} s)", flush=True)
 
     base = results[0.0]
-    print("\n| scale | answer loss (validation) | general ppl (replay validation) | rise |"
+    print(f"\n| scale | answer loss (validation) | {args.general.name} ppl | rise |"
           + "".join(f" {n} ppl | rise |" for n in reports))
     print("|---:|---:|---:|---:|" + "---:|---:|" * len(reports))
     for s, r in results.items():
