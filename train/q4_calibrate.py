@@ -169,15 +169,44 @@ def _fp_pass(layer, hiddens, kwargs, valid) -> tuple[list[list[tuple[str, Any]]]
     return groups, {name: torch.cat(r) for name, r in rows.items()}, outputs
 
 
-def _run_layer(layer, hiddens, kwargs, valid, record: dict[str, Any], *,
-               stop: bool = False) -> tuple[dict[str, Any], list]:
+def _finished_children(layer, rounded: set) -> list:
+    """The direct children of ``layer`` (e.g. ``self_attn``) whose Q4_0-sized linears are all rounded: given the
+    same inputs, their outputs no longer change while the rest of the layer is calibrated."""
+    import torch
+
+    out = []
+    for _, child in layer.named_children():
+        linears = [m for m in child.modules() if isinstance(m, torch.nn.Linear) and m.in_features % BLOCK == 0]
+        if linears and all(m in rounded for m in linears):
+            out.append(child)
+    return out
+
+
+def _clone(output):
+    """``output`` (a tensor, or a tuple of tensors and ``None``) with its tensors copied."""
+    if isinstance(output, tuple):
+        return tuple(_clone(o) for o in output)
+    return output.clone() if hasattr(output, "clone") else output
+
+
+def _run_layer(layer, hiddens, kwargs, valid, record: dict[str, Any], *, stop: bool = False,
+               rounded: set | None = None, cache: dict | None = None) -> tuple[dict[str, Any], list]:
     """Run ``layer`` on every batch, recording the inputs of the ``record`` modules at the ``valid`` (not
     padding) positions (name -> tokens x in_features, float32, CPU); returns them and the layer's outputs.
-    ``stop``: end each pass at the (single) recorded module, nothing after it is needed (no outputs then)."""
+    ``stop``: end each pass at the (single) recorded module, nothing after it is needed (no outputs then).
+
+    ``cache`` (module -> its output per batch) with ``rounded`` (the linears rounded so far): a child of the
+    layer whose linears are all rounded (``_finished_children``) is run once more and its outputs are
+    recorded into ``cache``; from the next pass on it is not run, its recorded output is returned instead
+    (the same values: the same inputs and weights). The attention is then computed once after its linears
+    are rounded, not again for each MLP group and the layer's output."""
     import torch
 
     rows: dict[str, list] = {name: [] for name in record}
     current: list = []
+    cache = {} if cache is None else cache
+    replay = [child for child in cache]
+    fresh = {child: [] for child in _finished_children(layer, rounded or set()) if child not in cache}
 
     def hook(name):
         def pre(mod, args):
@@ -186,12 +215,23 @@ def _run_layer(layer, hiddens, kwargs, valid, record: dict[str, Any], *,
                 raise _Stop
         return pre
 
+    def keep(child):
+        def post(mod, args, output):
+            fresh[child].append(output)
+        return post
+
+    def replayed(child):
+        return lambda *args, **kw: _clone(cache[child][current[1]])
+
     handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in record.items()]
+    handles += [child.register_forward_hook(keep(child)) for child in fresh]
+    for child in replay:
+        child.forward = replayed(child)
     outputs = []
     try:
         with torch.no_grad():
-            for h, kw, v in zip(hiddens, kwargs, valid):
-                current[:] = [v]
+            for n, (h, kw, v) in enumerate(zip(hiddens, kwargs, valid)):
+                current[:] = [v, n]
                 try:
                     outputs.append(layer(h, **kw))
                 except _Stop:
@@ -199,6 +239,10 @@ def _run_layer(layer, hiddens, kwargs, valid, record: dict[str, Any], *,
     finally:
         for handle in handles:
             handle.remove()
+        for child in replay:
+            del child.forward
+    # kept only when the child ran exactly once per batch (a pass that stopped inside it records nothing usable)
+    cache.update({child: outs for child, outs in fresh.items() if len(outs) == len(hiddens)})
     return {name: torch.cat(r) for name, r in rows.items()}, outputs
 
 
@@ -217,16 +261,18 @@ def gptq_q4_0(weight, hinv) -> tuple[np.ndarray, np.ndarray]:
     hinv_np = hinv.numpy()
     for b0 in range(0, cols, BLOCK):
         b1 = b0 + BLOCK
-        blk = w[:, b0:b1].numpy().copy()
-        err = np.empty_like(blk)
+        blk = w[:, b0:b1].numpy()
         scale = d[:, b0 // BLOCK] = q4_0_scales(blk)
+        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)  # q4_0_round's, once a block
+        # the block transposed (column j = row j, contiguous): numpy's per-column steps, where torch's overhead shows
+        bt, qt, err = blk.T.copy(), np.empty((BLOCK, rows), dtype=np.float32), np.empty((BLOCK, rows), dtype=np.float32)
         h = hinv_np[b0:b1, b0:b1]
-        for j in range(BLOCK):  # numpy: these are small per-column steps, where torch's overhead shows
-            qj = q4_0_round(blk[:, j:j + 1], scale)[:, 0]
-            q[:, b0 + j] = qj
-            err[:, j] = (blk[:, j] - qj * scale) / h[j, j]
-            blk[:, j:] -= np.outer(err[:, j], h[j, j:])
-        w[:, b1:] -= torch.from_numpy(err) @ hinv[b0:b1, b1:]
+        for j in range(BLOCK):
+            qj = qt[j] = np.clip(np.round(bt[j] * inv), -8, 7)
+            e = err[j] = (bt[j] - qj * scale) / h[j, j]
+            bt[j:] -= h[j, j:, None] * e
+        q[:, b0:b1] = qt.T
+        w[:, b1:] -= torch.from_numpy(np.ascontiguousarray(err.T)) @ hinv[b0:b1, b1:]
     return q, d
 
 
@@ -246,9 +292,15 @@ def _calibrated(weights: list, x, x_fp, *, damp: float) -> list[tuple[np.ndarray
     w = torch.cat(weights).double()
     w = ((w @ cross + lam * w) @ h_inv).float()
     # rows are independent: a share of them per thread (numpy's per-column steps run on one core otherwise)
-    chunks = torch.chunk(w, max(1, min(torch.get_num_threads(), len(w))))
-    with ThreadPoolExecutor(len(chunks)) as pool:
-        parts = list(pool.map(lambda rows: gptq_q4_0(rows, factor), chunks))
+    threads = torch.get_num_threads()
+    chunks = torch.chunk(w, max(1, min(threads, len(w))))
+    # each share's torch steps on one core: torch's own threads on top of ours oversubscribe the cores
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            parts = list(pool.map(lambda rows: gptq_q4_0(rows, factor), chunks))
+    finally:
+        torch.set_num_threads(threads)
     q, d = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     splits = np.cumsum([len(wt) for wt in weights])[:-1]
     return list(zip(np.split(q, splits), np.split(d, splits)))
@@ -272,6 +324,8 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
         h_fp = h_q
         forward_s = rounding_s = 0.0
         for layer, kws in zip(layers, kwargs):
+            done: set = set()  # this layer's linears rounded so far
+            cache: dict = {}  # outputs of its children whose linears are all rounded (_run_layer)
             t0 = time.perf_counter()
             # the groups, the full-precision inputs of every group (one pass of the unrounded layer) and its outputs
             groups, x_fp, h_fp = _fp_pass(layer, h_fp, kws, valid)
@@ -279,7 +333,7 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
             for group in groups:
                 first, module = group[0]
                 t0 = time.perf_counter()
-                x, _ = _run_layer(layer, h_q, kws, valid, {first: module}, stop=True)
+                x, _ = _run_layer(layer, h_q, kws, valid, {first: module}, stop=True, rounded=done, cache=cache)
                 weights = [mod.weight.detach().cpu() for _, mod in group]
                 t1 = time.perf_counter()
                 rounded = _calibrated(weights, x[first], x_fp[first], damp=damp)
@@ -290,9 +344,10 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
                     result[key] = pack_q4_0(q.reshape(-1, BLOCK), d.reshape(-1)).reshape(q.shape[0], -1)
                     with torch.no_grad():
                         mod.weight.copy_(torch.from_numpy(q * np.repeat(d, BLOCK, axis=1)).to(mod.weight))
+                done.update(mod for _, mod in group)
                 del x_fp[first]
             t0 = time.perf_counter()
-            _, h_q = _run_layer(layer, h_q, kws, valid, {})
+            _, h_q = _run_layer(layer, h_q, kws, valid, {}, rounded=done, cache=cache)
             forward_s += time.perf_counter() - t0
             if progress is not None:
                 progress(1)
