@@ -42,14 +42,8 @@ from typing import Any
 import numpy as np
 
 from schemas.errors import StageError
-from train.gguf_export import pack_q4_0, q4_0_round, q4_0_scales
-
-#: Q4_0 block width (weights per scale)
-BLOCK = 32
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the inputs it needs are recorded."""
+from train.gguf_export import pack_q4_0, q4_0_scales
+from train.q4_passes import BLOCK, LayerState, capture, fp_pass, run_layer
 
 
 def calibration_sequences(tokenizer, examples: Path, *, rows: int, max_length: int) -> list[list[int]]:
@@ -95,155 +89,6 @@ def _batches(sequences: Sequence[list[int]], *, max_tokens: int) -> list[tuple[A
             mask[row, :len(sequences[i])] = 1
         out.append((ids, mask))
     return out
-
-
-def _capture(model, layers, batches: list[tuple[Any, Any]]) -> tuple[list[Any], list[list[dict]]]:
-    """Layer-0 input per batch and the keyword arguments of every layer per batch, without running the
-    layers (each layer's forward is replaced by a recorder for the duration)."""
-    import torch
-
-    first: list[Any] = []
-    kwargs: list[list[dict]] = [[] for _ in layers]
-
-    def recorder(i: int):
-        def forward(hidden_states, *args, **kw):
-            if args:
-                raise StageError("Q4_0 calibration: a decoder layer got positional arguments besides the hidden states",
-                                 received=len(args), fix="set q4_0_method: llama.cpp on the export step")
-            if i == 0:
-                first.append(hidden_states)
-            kwargs[i].append(kw)
-            return hidden_states
-        return forward
-
-    for i, layer in enumerate(layers):
-        layer.forward = recorder(i)
-    try:
-        with torch.no_grad():
-            for ids, mask in batches:
-                model.model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False)
-    finally:
-        for layer in layers:
-            del layer.forward
-    return first, kwargs
-
-
-def _fp_pass(layer, hiddens, kwargs, valid) -> tuple[list[list[tuple[str, Any]]], dict[str, Any], list]:
-    """One pass of the unrounded ``layer`` over every batch: its Q4_0-sized linears in call order, grouped by
-    shared input tensor (from the first batch), the input of each group's first linear at the ``valid`` (not
-    padding) positions (name -> tokens x in_features, float32, CPU), and the layer's outputs."""
-    import torch
-
-    linears = [(name, m) for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features % BLOCK == 0]
-    groups: list[list[tuple[str, Any]]] = []
-    rows: dict[str, list] = {}
-    state: dict[str, Any] = {"batch": 0, "last": None}
-
-    def hook(name, mod):
-        def pre(_, args):
-            x = args[0]
-            if x is not state["last"]:  # a new input: a new group, whose first linear records it
-                state["last"] = x
-                rows.setdefault(name, []).append(x[state["valid"]].float().cpu())
-                if state["batch"] == 0:
-                    groups.append([])
-            if state["batch"] == 0:
-                groups[-1].append((name, mod))
-        return pre
-
-    handles = [mod.register_forward_pre_hook(hook(name, mod)) for name, mod in linears]
-    outputs = []
-    try:
-        with torch.no_grad():
-            for n, (h, kw, v) in enumerate(zip(hiddens, kwargs, valid)):
-                state.update(batch=n, valid=v, last=None)
-                outputs.append(layer(h, **kw))
-    finally:
-        for handle in handles:
-            handle.remove()
-    leaders = {g[0][0] for g in groups}
-    if set(rows) != leaders or any(len(r) != len(hiddens) for r in rows.values()):
-        raise StageError("Q4_0 calibration: a decoder layer calls its linears differently from batch to batch",
-                         received=sorted(rows), expected=sorted(leaders), fix="set q4_0_method: llama.cpp on the export step")
-    state["last"] = None
-    return groups, {name: torch.cat(r) for name, r in rows.items()}, outputs
-
-
-def _finished_children(layer, rounded: set) -> list:
-    """The direct children of ``layer`` (e.g. ``self_attn``) whose Q4_0-sized linears are all rounded: given the
-    same inputs, their outputs no longer change while the rest of the layer is calibrated."""
-    import torch
-
-    out = []
-    for _, child in layer.named_children():
-        linears = [m for m in child.modules() if isinstance(m, torch.nn.Linear) and m.in_features % BLOCK == 0]
-        if linears and all(m in rounded for m in linears):
-            out.append(child)
-    return out
-
-
-def _clone(output):
-    """``output`` (a tensor, or a tuple of tensors and ``None``) with its tensors copied."""
-    if isinstance(output, tuple):
-        return tuple(_clone(o) for o in output)
-    return output.clone() if hasattr(output, "clone") else output
-
-
-def _run_layer(layer, hiddens, kwargs, valid, record: dict[str, Any], *, stop: bool = False,
-               rounded: set | None = None, cache: dict | None = None) -> tuple[dict[str, Any], list]:
-    """Run ``layer`` on every batch, recording the inputs of the ``record`` modules at the ``valid`` (not
-    padding) positions (name -> tokens x in_features, float32, CPU); returns them and the layer's outputs.
-    ``stop``: end each pass at the (single) recorded module, nothing after it is needed (no outputs then).
-
-    ``cache`` (module -> its output per batch) with ``rounded`` (the linears rounded so far): a child of the
-    layer whose linears are all rounded (``_finished_children``) is run once more and its outputs are
-    recorded into ``cache``; from the next pass on it is not run, its recorded output is returned instead
-    (the same values: the same inputs and weights). The attention is then computed once after its linears
-    are rounded, not again for each MLP group and the layer's output."""
-    import torch
-
-    rows: dict[str, list] = {name: [] for name in record}
-    current: list = []
-    cache = {} if cache is None else cache
-    replay = [child for child in cache]
-    fresh = {child: [] for child in _finished_children(layer, rounded or set()) if child not in cache}
-
-    def hook(name):
-        def pre(mod, args):
-            rows[name].append(args[0][current[0]].float().cpu())
-            if stop:
-                raise _Stop
-        return pre
-
-    def keep(child):
-        def post(mod, args, output):
-            fresh[child].append(output)
-        return post
-
-    def replayed(child):
-        return lambda *args, **kw: _clone(cache[child][current[1]])
-
-    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in record.items()]
-    handles += [child.register_forward_hook(keep(child)) for child in fresh]
-    for child in replay:
-        child.forward = replayed(child)
-    outputs = []
-    try:
-        with torch.no_grad():
-            for n, (h, kw, v) in enumerate(zip(hiddens, kwargs, valid)):
-                current[:] = [v, n]
-                try:
-                    outputs.append(layer(h, **kw))
-                except _Stop:
-                    pass
-    finally:
-        for handle in handles:
-            handle.remove()
-        for child in replay:
-            del child.forward
-    # kept only when the child ran exactly once per batch (a pass that stopped inside it records nothing usable)
-    cache.update({child: outs for child, outs in fresh.items() if len(outs) == len(hiddens)})
-    return {name: torch.cat(r) for name, r in rows.items()}, outputs
 
 
 def gptq_q4_0(weight, hinv) -> tuple[np.ndarray, np.ndarray]:
@@ -320,20 +165,19 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
     try:
         batches = _batches(sequences, max_tokens=batch_tokens)
         valid = [mask.bool().to(model.device) for _, mask in batches]
-        h_q, kwargs = _capture(model, layers, batches)
+        h_q, kwargs = capture(model, layers, batches)
         h_fp = h_q
         forward_s = rounding_s = 0.0
         for layer, kws in zip(layers, kwargs):
-            done: set = set()  # this layer's linears rounded so far
-            cache: dict = {}  # outputs of its children whose linears are all rounded (_run_layer)
+            state = LayerState(layer)  # what the passes over this layer share (train.q4_passes)
             t0 = time.perf_counter()
             # the groups, the full-precision inputs of every group (one pass of the unrounded layer) and its outputs
-            groups, x_fp, h_fp = _fp_pass(layer, h_fp, kws, valid)
+            groups, x_fp, h_fp = fp_pass(state, h_fp, kws, valid)
             forward_s += time.perf_counter() - t0
             for group in groups:
                 first, module = group[0]
                 t0 = time.perf_counter()
-                x, _ = _run_layer(layer, h_q, kws, valid, {first: module}, stop=True, rounded=done, cache=cache)
+                x, _ = run_layer(state, h_q, kws, valid, {first: module}, stop=True)
                 weights = [mod.weight.detach().cpu() for _, mod in group]
                 t1 = time.perf_counter()
                 rounded = _calibrated(weights, x[first], x_fp[first], damp=damp)
@@ -344,10 +188,10 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
                     result[key] = pack_q4_0(q.reshape(-1, BLOCK), d.reshape(-1)).reshape(q.shape[0], -1)
                     with torch.no_grad():
                         mod.weight.copy_(torch.from_numpy(q * np.repeat(d, BLOCK, axis=1)).to(mod.weight))
-                done.update(mod for _, mod in group)
+                state.rounded.update(mod for _, mod in group)
                 del x_fp[first]
             t0 = time.perf_counter()
-            _, h_q = _run_layer(layer, h_q, kws, valid, {}, rounded=done, cache=cache)
+            _, h_q = run_layer(state, h_q, kws, valid, {})
             forward_s += time.perf_counter() - t0
             if progress is not None:
                 progress(1)
