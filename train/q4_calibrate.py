@@ -25,6 +25,11 @@ What is done here, top to bottom:
       scale is chosen by ``q4_0_scales`` on the block's already error-updated weights.
 4. The model's weights are restored; the result is the Q4_0 bytes of each calibrated weight.
 
+The passes over a layer (``train.q4_passes``) do not recompute what cannot have changed: an attention or MLP
+whose linears are all rounded is replayed from its last linear's recorded input or its kept output, so the
+attention runs twice per layer (unrounded, and once with q/k/v rounded) and the MLP's gate/up twice. The
+rounded bytes are those of running every pass in full (the same operations on the same tensors).
+
 Tried on the demo model and not done, as they did not lower the held-out logit error further
 (docs/train.md, "Q4_0 calibration"): act-order with static block scales, AWQ-style channel scaling
 before GPTQ, least-squares rescaling of the blocks after it, correcting the output projection, and
