@@ -25,6 +25,11 @@ What is done here, top to bottom:
       scale is chosen by ``q4_0_scales`` on the block's already error-updated weights.
 4. The model's weights are restored; the result is the Q4_0 bytes of each calibrated weight.
 
+The passes over a layer (``train.q4_passes``) do not recompute what cannot have changed: an attention or MLP
+whose linears are all rounded is replayed from its last linear's recorded input or its kept output, so the
+attention runs twice per layer (unrounded, and once with q/k/v rounded) and the MLP's gate/up twice. The
+rounded bytes are those of running every pass in full (the same operations on the same tensors).
+
 Tried on the demo model and not done, as they did not lower the held-out logit error further
 (docs/train.md, "Q4_0 calibration"): act-order with static block scales, AWQ-style channel scaling
 before GPTQ, least-squares rescaling of the blocks after it, correcting the output projection, and
@@ -42,14 +47,8 @@ from typing import Any
 import numpy as np
 
 from schemas.errors import StageError
-from train.gguf_export import pack_q4_0, q4_0_round, q4_0_scales
-
-#: Q4_0 block width (weights per scale)
-BLOCK = 32
-
-
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the inputs it needs are recorded."""
+from train.gguf_export import pack_q4_0, q4_0_scales
+from train.q4_passes import BLOCK, LayerState, capture, fp_pass, run_layer
 
 
 def calibration_sequences(tokenizer, examples: Path, *, rows: int, max_length: int) -> list[list[int]]:
@@ -97,111 +96,6 @@ def _batches(sequences: Sequence[list[int]], *, max_tokens: int) -> list[tuple[A
     return out
 
 
-def _capture(model, layers, batches: list[tuple[Any, Any]]) -> tuple[list[Any], list[list[dict]]]:
-    """Layer-0 input per batch and the keyword arguments of every layer per batch, without running the
-    layers (each layer's forward is replaced by a recorder for the duration)."""
-    import torch
-
-    first: list[Any] = []
-    kwargs: list[list[dict]] = [[] for _ in layers]
-
-    def recorder(i: int):
-        def forward(hidden_states, *args, **kw):
-            if args:
-                raise StageError("Q4_0 calibration: a decoder layer got positional arguments besides the hidden states",
-                                 received=len(args), fix="set q4_0_method: llama.cpp on the export step")
-            if i == 0:
-                first.append(hidden_states)
-            kwargs[i].append(kw)
-            return hidden_states
-        return forward
-
-    for i, layer in enumerate(layers):
-        layer.forward = recorder(i)
-    try:
-        with torch.no_grad():
-            for ids, mask in batches:
-                model.model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device), use_cache=False)
-    finally:
-        for layer in layers:
-            del layer.forward
-    return first, kwargs
-
-
-def _fp_pass(layer, hiddens, kwargs, valid) -> tuple[list[list[tuple[str, Any]]], dict[str, Any], list]:
-    """One pass of the unrounded ``layer`` over every batch: its Q4_0-sized linears in call order, grouped by
-    shared input tensor (from the first batch), the input of each group's first linear at the ``valid`` (not
-    padding) positions (name -> tokens x in_features, float32, CPU), and the layer's outputs."""
-    import torch
-
-    linears = [(name, m) for name, m in layer.named_modules() if isinstance(m, torch.nn.Linear) and m.in_features % BLOCK == 0]
-    groups: list[list[tuple[str, Any]]] = []
-    rows: dict[str, list] = {}
-    state: dict[str, Any] = {"batch": 0, "last": None}
-
-    def hook(name, mod):
-        def pre(_, args):
-            x = args[0]
-            if x is not state["last"]:  # a new input: a new group, whose first linear records it
-                state["last"] = x
-                rows.setdefault(name, []).append(x[state["valid"]].float().cpu())
-                if state["batch"] == 0:
-                    groups.append([])
-            if state["batch"] == 0:
-                groups[-1].append((name, mod))
-        return pre
-
-    handles = [mod.register_forward_pre_hook(hook(name, mod)) for name, mod in linears]
-    outputs = []
-    try:
-        with torch.no_grad():
-            for n, (h, kw, v) in enumerate(zip(hiddens, kwargs, valid)):
-                state.update(batch=n, valid=v, last=None)
-                outputs.append(layer(h, **kw))
-    finally:
-        for handle in handles:
-            handle.remove()
-    leaders = {g[0][0] for g in groups}
-    if set(rows) != leaders or any(len(r) != len(hiddens) for r in rows.values()):
-        raise StageError("Q4_0 calibration: a decoder layer calls its linears differently from batch to batch",
-                         received=sorted(rows), expected=sorted(leaders), fix="set q4_0_method: llama.cpp on the export step")
-    state["last"] = None
-    return groups, {name: torch.cat(r) for name, r in rows.items()}, outputs
-
-
-def _run_layer(layer, hiddens, kwargs, valid, record: dict[str, Any], *,
-               stop: bool = False) -> tuple[dict[str, Any], list]:
-    """Run ``layer`` on every batch, recording the inputs of the ``record`` modules at the ``valid`` (not
-    padding) positions (name -> tokens x in_features, float32, CPU); returns them and the layer's outputs.
-    ``stop``: end each pass at the (single) recorded module, nothing after it is needed (no outputs then)."""
-    import torch
-
-    rows: dict[str, list] = {name: [] for name in record}
-    current: list = []
-
-    def hook(name):
-        def pre(mod, args):
-            rows[name].append(args[0][current[0]].float().cpu())
-            if stop:
-                raise _Stop
-        return pre
-
-    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in record.items()]
-    outputs = []
-    try:
-        with torch.no_grad():
-            for h, kw, v in zip(hiddens, kwargs, valid):
-                current[:] = [v]
-                try:
-                    outputs.append(layer(h, **kw))
-                except _Stop:
-                    pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: torch.cat(r) for name, r in rows.items()}, outputs
-
-
 def gptq_q4_0(weight, hinv) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ rounding of ``weight`` (rows x cols, float32 torch) to Q4_0, given ``hinv``, the upper Cholesky
     factor of the inverse of the inputs' damped second moment (row j: how column j's rounding error is
@@ -217,16 +111,18 @@ def gptq_q4_0(weight, hinv) -> tuple[np.ndarray, np.ndarray]:
     hinv_np = hinv.numpy()
     for b0 in range(0, cols, BLOCK):
         b1 = b0 + BLOCK
-        blk = w[:, b0:b1].numpy().copy()
-        err = np.empty_like(blk)
+        blk = w[:, b0:b1].numpy()
         scale = d[:, b0 // BLOCK] = q4_0_scales(blk)
+        inv = np.divide(1.0, scale, out=np.zeros_like(scale), where=scale != 0)  # q4_0_round's, once a block
+        # the block transposed (column j = row j, contiguous): numpy's per-column steps, where torch's overhead shows
+        bt, qt, err = blk.T.copy(), np.empty((BLOCK, rows), dtype=np.float32), np.empty((BLOCK, rows), dtype=np.float32)
         h = hinv_np[b0:b1, b0:b1]
-        for j in range(BLOCK):  # numpy: these are small per-column steps, where torch's overhead shows
-            qj = q4_0_round(blk[:, j:j + 1], scale)[:, 0]
-            q[:, b0 + j] = qj
-            err[:, j] = (blk[:, j] - qj * scale) / h[j, j]
-            blk[:, j:] -= np.outer(err[:, j], h[j, j:])
-        w[:, b1:] -= torch.from_numpy(err) @ hinv[b0:b1, b1:]
+        for j in range(BLOCK):
+            qj = qt[j] = np.clip(np.round(bt[j] * inv), -8, 7)
+            e = err[j] = (bt[j] - qj * scale) / h[j, j]
+            bt[j:] -= h[j, j:, None] * e
+        q[:, b0:b1] = qt.T
+        w[:, b1:] -= torch.from_numpy(np.ascontiguousarray(err.T)) @ hinv[b0:b1, b1:]
     return q, d
 
 
@@ -246,9 +142,15 @@ def _calibrated(weights: list, x, x_fp, *, damp: float) -> list[tuple[np.ndarray
     w = torch.cat(weights).double()
     w = ((w @ cross + lam * w) @ h_inv).float()
     # rows are independent: a share of them per thread (numpy's per-column steps run on one core otherwise)
-    chunks = torch.chunk(w, max(1, min(torch.get_num_threads(), len(w))))
-    with ThreadPoolExecutor(len(chunks)) as pool:
-        parts = list(pool.map(lambda rows: gptq_q4_0(rows, factor), chunks))
+    threads = torch.get_num_threads()
+    chunks = torch.chunk(w, max(1, min(threads, len(w))))
+    # each share's torch steps on one core: torch's own threads on top of ours oversubscribe the cores
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(len(chunks)) as pool:
+            parts = list(pool.map(lambda rows: gptq_q4_0(rows, factor), chunks))
+    finally:
+        torch.set_num_threads(threads)
     q, d = np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
     splits = np.cumsum([len(wt) for wt in weights])[:-1]
     return list(zip(np.split(q, splits), np.split(d, splits)))
@@ -268,18 +170,19 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
     try:
         batches = _batches(sequences, max_tokens=batch_tokens)
         valid = [mask.bool().to(model.device) for _, mask in batches]
-        h_q, kwargs = _capture(model, layers, batches)
+        h_q, kwargs = capture(model, layers, batches)
         h_fp = h_q
         forward_s = rounding_s = 0.0
         for layer, kws in zip(layers, kwargs):
+            state = LayerState(layer)  # what the passes over this layer share (train.q4_passes)
             t0 = time.perf_counter()
             # the groups, the full-precision inputs of every group (one pass of the unrounded layer) and its outputs
-            groups, x_fp, h_fp = _fp_pass(layer, h_fp, kws, valid)
+            groups, x_fp, h_fp = fp_pass(state, h_fp, kws, valid)
             forward_s += time.perf_counter() - t0
             for group in groups:
                 first, module = group[0]
                 t0 = time.perf_counter()
-                x, _ = _run_layer(layer, h_q, kws, valid, {first: module}, stop=True)
+                x, _ = run_layer(state, h_q, kws, valid, {first: module}, stop=True)
                 weights = [mod.weight.detach().cpu() for _, mod in group]
                 t1 = time.perf_counter()
                 rounded = _calibrated(weights, x[first], x_fp[first], damp=damp)
@@ -290,9 +193,10 @@ def calibrate_q4_0(model, sequences: Sequence[list[int]], *, damp: float = 0.01,
                     result[key] = pack_q4_0(q.reshape(-1, BLOCK), d.reshape(-1)).reshape(q.shape[0], -1)
                     with torch.no_grad():
                         mod.weight.copy_(torch.from_numpy(q * np.repeat(d, BLOCK, axis=1)).to(mod.weight))
+                state.rounded.update(mod for _, mod in group)
                 del x_fp[first]
             t0 = time.perf_counter()
-            _, h_q = _run_layer(layer, h_q, kws, valid, {})
+            _, h_q = run_layer(state, h_q, kws, valid, {})
             forward_s += time.perf_counter() - t0
             if progress is not None:
                 progress(1)

@@ -8,7 +8,12 @@
 2. per tensor class: the fine-tune's F16 file quantised to Q8_0 with exactly one class of tensors in Q8_0 and
    every other one kept F16 (``llama-quantize --tensor-type`` / ``--token-embedding-type`` through
    ``train.llama_cpp.quantize``); for small errors the classes' KLDs add up to roughly the full Q8_0 file's;
-3. candidate settings: Q8_0 with token_embd (tied: also the output) in F16, and with the worst classes in F16.
+3. candidate settings: Q8_0 with token_embd (tied: also the output) in F16, and with the worst classes in F16;
+4. ``q8floor``: the export's Q8_0 file in llama.cpp against a transformers model whose weights are that file's
+   exact dequantisation (``gguf.quants.dequantize`` of every 2-D tensor, the rest as merged): what llama.cpp's
+   runtime rounding (activations quantised to 8 bits per 32 values for Q8_0 matrix products) costs on its own;
+   beside it, on the same positions in one pass, the file against the merged model (the export's row) and the
+   dequantised model against the merged model in transformers (the weights' rounding alone).
 
     python bench/train/gguf_q8_cause.py --export /tmp/gguf_kld/export \\
         --dataset $W/dataset/<fp> --base $W/base_model/<fp> --out /tmp/gguf_q8 [--threads 2]
@@ -53,7 +58,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--verify-tokens", type=int, default=4096)
-    ap.add_argument("--parts", default="base,floor,nbatch,classes,settings")
+    ap.add_argument("--parts", default="base,floor,nbatch,classes,settings,q8floor")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
 
@@ -94,6 +99,8 @@ def main() -> None:
         del base
 
     merged = AutoModelForCausalLM.from_pretrained(str(args.export / "merged"), dtype="float32").eval()
+    if "q8floor" in parts:
+        q8_floor(args, merged, seqs)
     f16 = next(p for p in args.export.glob("*-F16.gguf") if "-lora-" not in p.name)
     if "nbatch" in parts:  # llama.cpp's batch size and the F16 file's KLD (reference computed here, not reused)
         for nb in (64, 128):
@@ -121,6 +128,73 @@ def main() -> None:
     print(f"\nFINE-TUNE (merged model) vs the merged model in transformers ({time.perf_counter() - t0:.1f} s):\n{HEAD}")
     for name, p in paths.items():
         print(row(name, res[p.name], p.stat().st_size))
+
+
+def dequantized_model(merged_dir: Path, path: Path):
+    """The merged model with every 2-D tensor of the GGUF at ``path`` replaced by its exact dequantisation (the
+    values llama.cpp multiplies by); 1-D tensors (norms, F32 in the file) stay as merged. A tensor that does not
+    match the merged one to within 2 % relative error is refused (a name mapping or layout transform, e.g. the
+    Llama q/k permutation, this bench does not undo)."""
+    import gguf
+    import numpy as np
+    import torch
+    from gguf.quants import dequantize
+    from transformers import AutoModelForCausalLM
+
+    from train.gguf_archs import architecture
+
+    model = AutoModelForCausalLM.from_pretrained(str(merged_dir), dtype="float32").eval()
+    cfg = model.config
+    tensor_map = gguf.get_tensor_name_map(getattr(gguf.MODEL_ARCH, architecture(cfg).gguf), cfg.num_hidden_layers)
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors if len(t.shape) == 2}
+    done = set()
+    with torch.no_grad():
+        for hf_name, w in model.state_dict().items():
+            name = tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+            if w.ndim != 2 or name not in tensors or name in done:
+                continue
+            t = tensors[name]
+            deq = torch.from_numpy(np.ascontiguousarray(dequantize(t.data, t.tensor_type), dtype=np.float32)).reshape(w.shape)
+            rel = float((deq - w).norm() / w.norm())
+            if rel > 0.02:
+                raise SystemExit(f"{name}: dequantised {t.tensor_type.name} differs from merged {hf_name} by {rel:.3g} (relative)")
+            w.copy_(deq)
+            done.add(name)
+    if done != set(tensors):
+        raise SystemExit(f"2-D tensors of {path.name} not matched to the merged model: {sorted(set(tensors) - done)[:5]}")
+    return model, len(done)
+
+
+def q8_floor(args, merged, seqs) -> None:
+    """llama.cpp running the export's Q8_0 file vs (a) the merged model, (b) the file's exact weights in transformers;
+    and (c) those weights vs the merged model, all in transformers -- one pass over the held-out positions."""
+    import numpy as np
+
+    from train.llama_cpp import GGUFModel
+    from train.verify import KLDStats, reference_logp
+
+    t0 = time.perf_counter()
+    q8 = next(p for p in args.export.glob("*-Q8_0.gguf") if "-base-" not in p.name)
+    deq, n = dequantized_model(args.export / "merged", q8)
+    names = {"file": f"llama.cpp {q8.name} vs merged (the export's row)",
+             "floor": "llama.cpp Q8_0 vs its own weights in transformers (runtime rounding alone)",
+             "weights": "its weights in transformers vs merged (weight rounding alone)"}
+    stats = {k: KLDStats() for k in names}
+    n_ctx = max(map(len, seqs))
+    with GGUFModel(q8, n_ctx=n_ctx, n_batch=min(256, n_ctx), threads=args.threads) as model:
+        for seq in seqs:
+            ref, ref_deq = reference_logp(merged, seq)[:-1], reference_logp(deq, seq)[:-1]
+            logits = np.concatenate(list(model.logits(seq)))[:-1]
+            tgt = seq[1:]
+            stats["file"].add(ref, logits.copy(), tgt)  # add() works in place in the array it gets
+            stats["floor"].add(ref_deq, logits, tgt)
+            stats["weights"].add(ref, ref_deq.numpy().copy(), tgt)  # log-probabilities as logits: softmax-invariant
+    print(f"\nQ8_0 runtime floor ({n} tensors dequantised from {q8.name}; {time.perf_counter() - t0:.1f} s):")
+    print("| comparison | KLD mean | KLD p99 | top-1 % | PPL ratio |\n|---|---:|---:|---:|---:|")
+    for k, label in names.items():
+        r = stats[k].result()
+        print(f"| {label} | {r['kld_mean']:.6f} ± {r['kld_mean_se']:.6f} | {r['kld_p99']:.5f} | "
+              f"{100 * r['top1']:.2f} ± {100 * r['top1_se']:.2f} | {r['ppl_ratio']:.4f} |")
 
 
 if __name__ == "__main__":

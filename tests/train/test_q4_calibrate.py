@@ -194,3 +194,53 @@ def test_other_architectures_calibrate_and_load_in_llama_cpp(architecture, tmp_p
         write_gguf(model, tok, tmp_path / "out" / f"{method}.gguf", quant="Q4_0", name="t", q4_0_weights=weights)
     res = _kld_in_llama_cpp(model, _heldout(tok, dataset, limit=8), [tmp_path / "out" / "none.gguf", tmp_path / "out" / "gptq.gguf"])
     assert res["gptq.gguf"]["kld_mean"] < res["none.gguf"]["kld_mean"], res
+
+
+@pytest.mark.parametrize("architecture", ["gemma3", "llama", "phi3"])
+def test_layer_passes_replay_what_cannot_change_exactly(architecture):
+    """``train.q4_passes``: the attention and the MLP are found to end in o_proj / down_proj (the unrounded pass), and
+    once their linears are "rounded" (here: changed) they are replayed instead of run -- with exactly the values of a
+    plain pass (recorded inputs of every group and the layer's outputs, ``torch.equal``), without calling q/k/v or the
+    MLP's first linear again."""
+    import torch
+    from transformers import AutoModelForCausalLM, Gemma3TextConfig, LlamaConfig, Phi3Config
+
+    from train.q4_calibrate import _batches
+    from train.q4_passes import LayerState, capture, fp_pass, run_layer
+
+    torch.manual_seed(0)
+    shape = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=256)
+    config = {"gemma3": lambda: Gemma3TextConfig(**shape, head_dim=32, sliding_window=16),
+              "llama": lambda: LlamaConfig(**shape), "phi3": lambda: Phi3Config(**shape, pad_token_id=0)}[architecture]()
+    model = AutoModelForCausalLM.from_config(config).eval()
+    seqs = [torch.randint(1, 300, (n,)).tolist() for n in (40, 17, 33, 8, 25)]
+    batches = _batches(seqs, max_tokens=96)
+    valid = [mask.bool() for _, mask in batches]
+    layer = model.model.layers[0]
+    hiddens, kwargs = capture(model, [layer], batches)
+    state = LayerState(layer)
+    groups, _, _ = fp_pass(state, hiddens, kwargs[0], valid)
+    assert {c: m for c, (m, _) in state.tails.items()} == {layer.self_attn: layer.self_attn.o_proj, layer.mlp: layer.mlp.down_proj}
+    first_attn, first_mlp = groups[0][0][1], groups[-2][0][1]  # q_proj / qkv_proj; gate_proj / gate_up_proj
+    calls = {"attn": 0, "mlp": 0}
+    first_attn.register_forward_pre_hook(lambda *a: calls.__setitem__("attn", calls["attn"] + 1))
+    first_mlp.register_forward_pre_hook(lambda *a: calls.__setitem__("mlp", calls["mlp"] + 1))
+
+    def same(a, b) -> bool:
+        return all(torch.equal(x[0] if isinstance(x, tuple) else x, y[0] if isinstance(y, tuple) else y) for x, y in zip(a, b))
+
+    for group in groups:
+        name, module = group[0]
+        x, _ = run_layer(state, hiddens, kwargs[0], valid, {name: module}, stop=True)
+        plain, _ = run_layer(LayerState(layer), hiddens, kwargs[0], valid, {name: module}, stop=True)
+        assert torch.equal(x[name], plain[name])
+        with torch.no_grad():
+            for _, mod in group:
+                mod.weight.mul_(0.75)  # what rounding does: the weights change
+        state.rounded.update(mod for _, mod in group)
+    calls.update(attn=0, mlp=0)
+    _, out = run_layer(state, hiddens, kwargs[0], valid, {})
+    assert calls == {"attn": 0, "mlp": 0}  # both replayed: o_proj(kept input), down_proj(kept input)
+    _, plain = run_layer(LayerState(layer), hiddens, kwargs[0], valid, {})
+    assert calls["attn"] == calls["mlp"] == len(batches) and len(out) == len(plain) == len(batches) and same(out, plain)
