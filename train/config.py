@@ -122,6 +122,13 @@ class TrainConfig(StageConfig):
     )
     rank: int = Field(16, ge=1, le=1024, description="LoRA rank r.")
     alpha: float = Field(32, gt=0, description="LoRA alpha (scale = alpha / rank).")
+    adapter_scale: float = Field(
+        1.0, gt=0, le=1,
+        description="Share of the trained LoRA update the saved adapter keeps (its lora_B weights x this): "
+        "weight-space interpolation between base and fine-tune (WiSE-FT) trades domain gain for less forgetting. "
+        "1: the trained adapter. Choose it on validation data (bench/raft/adapter_scale.py) without retraining; "
+        "changing it here retrains.",
+    )
     dropout: float = Field(0.05, ge=0, lt=1, description="LoRA dropout probability, 0-1.")
     target_modules: list[str] = Field(list(LORA_TARGETS), min_length=1, description="Module names that get LoRA adapters.")
     learning_rate: float = Field(2e-4, gt=0, le=1, description="Peak learning rate.")

@@ -31,6 +31,23 @@ CPU_QLORA_WARNING = (
 )
 
 
+def scale_lora_update(model, scale: float) -> int:
+    """Multiply every LoRA B matrix by ``scale``: the adapter's update ``(α/r)·B·A`` becomes ``scale`` times it.
+    Returns how many matrices were scaled."""
+    import torch
+
+    scaled = 0
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B." in name:
+                param.mul_(scale)
+                scaled += 1
+    if not scaled:
+        raise StageError("train: adapter_scale found no LoRA B matrices to scale", received=type(model).__name__,
+                         fix="set adapter_scale: 1 (this model has no LoRA layers)")
+    return scaled
+
+
 def pack(encoded: list[dict[str, Any]], *, max_length: int) -> list[dict[str, Any]]:
     """Greedily concatenate examples into sequences of at most ``max_length`` tokens."""
     packed: list[dict[str, Any]] = []
@@ -247,6 +264,11 @@ class TrainStage(Stage[TrainConfig]):
         done = [h for h in trainer.state.log_history if "eval_loss" in h and h.get("step") == trainer.state.global_step]
         final_eval = done[-1] if done else trainer.evaluate() if has_val else {}
 
+        trained_eval = final_eval
+        if cfg.adapter_scale != 1.0:  # keep that share of the update; the saved adapter is what every later step uses
+            scale_lora_update(model, cfg.adapter_scale)
+            final_eval = trainer.evaluate() if has_val else {}
+
         # 5. artifacts
         model.save_pretrained(str(out / "adapter"))
         tokenizer.save_pretrained(str(out / "adapter"))
@@ -265,6 +287,7 @@ class TrainStage(Stage[TrainConfig]):
             "first_loss": losses[0] if losses else None, "last_loss": losses[-1] if losses else None,
             "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
             "validation_loss": final_eval.get("eval_loss"),
+            "adapter_scale": cfg.adapter_scale, "validation_loss_trained": trained_eval.get("eval_loss"),
         }
         write_json(stats, out / "train_stats.json")
         return stats
@@ -274,5 +297,8 @@ class TrainStage(Stage[TrainConfig]):
                 ("loss", f"{stats.get('first_loss')} -> {stats.get('last_loss')}")]
         if stats.get("replay_sequences"):
             rows.append(("replay", f"{stats['replay_sequences']} general-text sequences of {stats.get('train_sequences')}"))
+        if stats.get("adapter_scale", 1.0) != 1.0:
+            rows.append(("adapter scale", f"{stats['adapter_scale']} of the update kept: validation loss "
+                         f"{stats.get('validation_loss_trained')} -> {stats.get('validation_loss')}"))
         rows += [("warning", w) for w in stats.get("warnings", [])]
         return rows

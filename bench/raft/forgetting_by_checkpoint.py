@@ -4,7 +4,9 @@ Uses train/domain_eval.py's ``text_perplexity`` (the forgetting check of the Gem
 
     python bench/raft/forgetting_by_checkpoint.py --base WS/base_model/<fp>/model \\
         --adapter step20=WS/train/<fp>/_work/checkpoints/checkpoint-20 --adapter final=WS/train/<fp>/adapter \\
-        --general data/eval/general_text.jsonl --threads 2
+        --general data/eval/general_text.jsonl --threads 2 [--per-text]
+
+``--per-text`` adds each text's perplexity per arm (which texts carry the rise).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ def main() -> None:
     ap.add_argument("--adapter", action="append", default=[], metavar="NAME=DIR", help="LoRA adapter folder (repeat)")
     ap.add_argument("--general", required=True, help="JSON lines with 'text'")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--per-text", action="store_true", help="also each text's perplexity per arm")
     args = ap.parse_args()
 
     from train.domain_eval import load_jsonl, text_perplexity
@@ -26,16 +29,28 @@ def main() -> None:
 
     torch_setup(args.threads)
     tokenizer = load_tokenizer(args.base)
-    texts = [r["text"] for r in load_jsonl(args.general)]
+    rows = load_jsonl(args.general)
+    texts = [r["text"] for r in rows]
     arms = [("base", None)] + [tuple(a.split("=", 1)) for a in args.adapter]
     results = {}
     for name, adapter in arms:
         model = load_model(args.base, adapter=adapter)
         results[name] = text_perplexity(model, tokenizer, texts)
+        if args.per_text:
+            results[name]["per_text"] = {r.get("id", str(i)): text_perplexity(model, tokenizer, [r["text"]])
+                                         for i, r in enumerate(rows)}
         del model
     base = results["base"]["perplexity"]
     for name, r in results.items():
         print(f"{name:<12} perplexity {r['perplexity']:8.3f}  {r['perplexity'] / base - 1:+.1%}  ({r['tokens']} tokens)")
+    if args.per_text:
+        names = list(results)
+        print("\n| text | tokens | " + " | ".join(names) + " |\n|---|---:|" + "---:|" * len(names))
+        for key, first in results["base"]["per_text"].items():
+            cells = [f"{results[n]['per_text'][key]['perplexity']:.2f}"
+                     + ("" if n == "base" else f" ({results[n]['per_text'][key]['perplexity'] / first['perplexity'] - 1:+.1%})")
+                     for n in names]
+            print(f"| {key} | {first['tokens']} | " + " | ".join(cells) + " |")
     print(json.dumps(results))
 
 

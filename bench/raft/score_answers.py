@@ -10,13 +10,16 @@ The metrics are the open-book eval's (train/eval_openbook.py, train/answer_metri
 * ``recall@k (page)``: the question's page is among the retrieved passages' sources (open-book files);
 * ``prompt_echo``: the answer repeats the prompt (the system text's first sentence, or a passage line's
   ``[n] (source)`` header): a model that dumps its prompt can contain the keywords without answering;
-* ``correct_no_echo``: ``correct`` and not ``prompt_echo``.
+* ``correct_no_echo``: ``correct`` and not ``prompt_echo``;
+* with ``--bundle`` (the bundle whose index answered): ``answer_in_passages``, every keyword group is in the
+  retrieved passages' text (what a perfect reader could state), and ``correct_when_in_passages``, ``correct`` among
+  those questions: it separates retrieval misses from reading misses.
 
 Every question of the question file must have exactly one answer line in every answers file (by ``id``); a missing
 or extra id is an error, not a silently smaller denominator.
 
     python bench/raft/score_answers.py --questions q.jsonl --answers open=out.jsonl --answers closed=out_cb.jsonl \\
-        [--out scores.json] [--samples 5]
+        [--bundle DIR] [--out scores.json] [--samples 5]
 """
 
 from __future__ import annotations
@@ -44,7 +47,15 @@ def echoes_prompt(text: str, fmt) -> bool:
     return first in text or re.search(r"^\[\d+\] \([^)\n]+\)", text, re.M) is not None
 
 
-def score(questions: list, answers: dict[str, dict], *, fmt) -> dict[str, Any]:
+def chunk_texts(bundle: Path) -> dict[str, str]:
+    """chunk_id -> text of a bundle's index."""
+    from schemas.io import read_parquet
+
+    table = read_parquet(bundle / "index" / "chunks.parquet")
+    return dict(zip(table.column("chunk_id").to_pylist(), table.column("text").to_pylist()))
+
+
+def score(questions: list, answers: dict[str, dict], *, fmt, chunks: dict[str, str] | None = None) -> dict[str, Any]:
     from train.answer_metrics import keyword_hit, token_f1
     from train.eval_openbook import same_page, strip_citations
 
@@ -54,7 +65,8 @@ def score(questions: list, answers: dict[str, dict], *, fmt) -> dict[str, Any]:
         sys.exit(f"answers do not match the questions: missing {missing[:5]} ({len(missing)}), extra {extra[:5]} ({len(extra)})")
     open_book = any(not answers[i].get("closed_book", False) for i in ids)
     cells: dict[str, list[float]] = {"correct": [], "token_f1": [], "citation_accuracy": [], "recall_at_k": [],
-                                     "prompt_echo": [], "correct_no_echo": []}
+                                     "prompt_echo": [], "correct_no_echo": [], "answer_in_passages": [],
+                                     "correct_when_in_passages": []}
     rows = []
     for q in questions:
         a = answers[q.id]
@@ -69,6 +81,11 @@ def score(questions: list, answers: dict[str, dict], *, fmt) -> dict[str, Any]:
             cites = a.get("citations") or []
             row["citation_accuracy"] = float(bool(cites) and same_page(cites[0], q.page))
             row["recall_at_k"] = float(any(same_page(p["source_id"], q.page) for p in a.get("passages") or []))
+        if open_book and chunks is not None and q.keywords:
+            passages = " ".join(chunks[p["chunk_id"]] for p in a.get("passages") or [])
+            row["answer_in_passages"] = float(keyword_hit(passages, q.keywords))
+            if row["answer_in_passages"]:
+                row["correct_when_in_passages"] = row["correct"]
         for m in cells:
             if m in row:
                 cells[m].append(row[m])
@@ -85,6 +102,8 @@ def main() -> None:
                     help="an answers file of `slmforge ask --output`, named (repeat for side by side)")
     ap.add_argument("--out", type=Path, default=None, help="write the scores (and per-question rows) as JSON")
     ap.add_argument("--samples", type=int, default=0, help="print this many answers per file")
+    ap.add_argument("--bundle", type=Path, default=None,
+                    help="the bundle that answered: adds answer_in_passages / correct_when_in_passages")
     args = ap.parse_args()
 
     from schemas.prompt_format import PromptFormat
@@ -92,12 +111,13 @@ def main() -> None:
 
     questions = load_questions(args.questions)
     fmt = PromptFormat()
+    chunks = chunk_texts(args.bundle) if args.bundle else None
     results = {}
     for spec in args.answers:
         name, _, path = spec.partition("=")
         if not path:
             sys.exit(f"--answers {spec!r}: expected NAME=FILE")
-        results[name] = score(questions, read_answers(Path(path)), fmt=fmt)
+        results[name] = score(questions, read_answers(Path(path)), fmt=fmt, chunks=chunks)
 
     def cell(c: dict, metric: str) -> str:
         if c["value"] is None:
@@ -107,6 +127,7 @@ def main() -> None:
         return f"{c['value']:.3f} ({round(c['value'] * c['n'])}/{c['n']})"
 
     metrics = ("correct", "correct_no_echo", "prompt_echo", "token_f1", "citation_accuracy", "recall_at_k")
+    metrics += ("answer_in_passages", "correct_when_in_passages") if chunks is not None else ()
     print(f"{args.questions}: {len(questions)} questions")
     print("| metric | " + " | ".join(results) + " |")
     print("|---|" + "---:|" * len(results))

@@ -64,3 +64,29 @@ def test_validation_loss_is_computed_once_and_can_be_capped(pipeline, tmp_path):
     evals = [h for h in history if "eval_loss" in h]
     assert len(evals) == 1 and evals[0]["step"] == 2 and stats["validation_loss"] == evals[0]["eval_loss"]
     assert stats["validation_rows"] == 3
+
+
+def test_adapter_scale_keeps_that_share_of_the_update(pipeline, tmp_path):
+    """adapter_scale 0.5 saves lora_B x 0.5 of the same training run (weight-space interpolation toward the base);
+    lora_A is unchanged, and the stats report the validation loss before and after."""
+    from safetensors.numpy import load_file
+
+    ins = {"dataset": pipeline["dataset"], "base": pipeline["base"]}
+    runs = {}
+    for scale in (1.0, 0.5):
+        cfg = TrainConfig(max_steps=3, batch_size=8, threads=2, max_validation_rows=4, adapter_scale=scale)
+        stats = TrainStage(cfg).run(make_ctx(tmp_path, f"s{scale}", ins))
+        runs[scale] = (stats, load_file(str(tmp_path / f"s{scale}" / "adapter" / "adapter_model.safetensors")))
+    (full, w1), (half, w05) = runs[1.0], runs[0.5]
+    assert w1.keys() == w05.keys() and any("lora_B" in k for k in w1)
+    for k in w1:
+        expected = w1[k] * 0.5 if "lora_B" in k else w1[k]
+        assert abs(w05[k] - expected).max() <= 1e-6 * max(1.0, abs(w1[k]).max()), k
+    assert half["adapter_scale"] == 0.5 and half["validation_loss_trained"] == full["validation_loss"]
+    assert half["validation_loss"] != full["validation_loss"]
+    assert full["validation_loss_trained"] == full["validation_loss"]
+
+
+def test_adapter_scale_is_checked_before_any_work():
+    with pytest.raises(Exception, match="adapter_scale"):
+        TrainConfig(adapter_scale=1.5)
