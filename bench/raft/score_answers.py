@@ -82,6 +82,10 @@ def score(questions: list, answers: dict[str, dict], *, fmt, chunks: dict[str, s
             row["citation_accuracy"] = float(bool(cites) and same_page(cites[0], q.page))
             row["recall_at_k"] = float(any(same_page(p["source_id"], q.page) for p in a.get("passages") or []))
         if open_book and chunks is not None and q.keywords:
+            unknown = [p["chunk_id"] for p in a.get("passages") or [] if p["chunk_id"] not in chunks]
+            if unknown:
+                sys.exit(f"answer {q.id}: passage chunk {unknown[0]} is not in --bundle's index: give the bundle that "
+                         "answered")
             passages = " ".join(chunks[p["chunk_id"]] for p in a.get("passages") or [])
             row["answer_in_passages"] = float(keyword_hit(passages, q.keywords))
             if row["answer_in_passages"]:
