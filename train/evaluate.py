@@ -27,9 +27,11 @@ METRICS = ("exact_match", "token_f1", "rouge_l")
 # --- model evaluation ---------------------------------------------------------------------------
 
 def heldout_loss(model, tokenizer, rows: list[dict], *, max_length: int, batch_size: int) -> dict[str, float]:
-    """Mean cross-entropy over assistant tokens (token-weighted) and its perplexity."""
+    """Mean cross-entropy over assistant tokens (token-weighted) and its perplexity. The output layer runs on the
+    labelled positions only where the model has the standard decoder + head shape (train/answer_head.py)."""
     import torch
 
+    from train.answer_head import causal_lm_parts, labelled_loss
     from train.sft import collate
 
     enc = [encode_example(tokenizer, r["messages"], max_length=max_length) for r in rows]
@@ -37,13 +39,17 @@ def heldout_loss(model, tokenizer, rows: list[dict], *, max_length: int, batch_s
     total, count = 0.0, 0
     device = model_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    parts = causal_lm_parts(model)
     with torch.no_grad():
         for i in range(0, len(enc), batch_size):
             batch = {k: v.to(device) for k, v in collate(enc[i:i + batch_size], pad_id=pad).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
-            shift_logits, shift_labels = logits[:, :-1], batch["labels"][:, 1:]
-            loss = torch.nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.size(-1)),
-                                                     shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
+            shift_labels = batch["labels"][:, 1:]
+            if parts is not None:
+                loss = labelled_loss(parts, batch, num_items_in_batch=1)  # the sum over labelled positions
+            else:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+                loss = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)),
+                                                         shift_labels.reshape(-1), ignore_index=-100, reduction="sum")
             total += loss.item()
             count += int((shift_labels != -100).sum())
     mean = total / max(count, 1)

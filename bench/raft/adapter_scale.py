@@ -31,38 +31,17 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def set_scale(model, scale: float, originals: dict) -> None:
-    """Every LoRA layer's scaling = its trained α/r × ``scale``."""
-    from peft.tuners.lora import LoraLayer
+def set_scale(model, scale: float, trained: dict) -> None:
+    """The adapter at ``scale`` of its trained update, as the train stage saves it (``train.sft.scale_lora_update``
+    on the trained lora_B weights, kept in ``trained`` on the first call)."""
+    from train.sft import scale_lora_update
 
-    for name, module in model.named_modules():
-        if isinstance(module, LoraLayer):
-            base = originals.setdefault(name, dict(module.scaling))
-            for adapter, value in base.items():
-                module.scaling[adapter] = value * scale
-
-
-def answer_loss(model, encoded: list[dict], *, batch: int = 4) -> dict[str, float]:
-    """Token-weighted answer loss of chat rows (labels -100 outside the assistant turn)."""
-    import torch
-
-    from train.answer_head import causal_lm_parts, labelled_loss
-
-    parts = causal_lm_parts(model)
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(0, len(encoded), batch):
-            rows = encoded[i:i + batch]
-            width = max(len(r["input_ids"]) for r in rows)
-            ids = torch.tensor([r["input_ids"] + [0] * (width - len(r["input_ids"])) for r in rows])
-            labels = torch.tensor([r["labels"] + [-100] * (width - len(r["labels"])) for r in rows])
-            mask = torch.tensor([[1] * len(r["input_ids"]) + [0] * (width - len(r["input_ids"])) for r in rows])
-            n = int((labels[:, 1:] != -100).sum())
-            loss = labelled_loss(parts, {"input_ids": ids, "labels": labels, "attention_mask": mask})
-            total += float(loss) * n
-            count += n
-    mean = total / max(count, 1)
-    return {"loss": mean, "tokens": count}
+    params = dict(model.named_parameters())
+    if not trained:
+        trained.update({n: p.detach().clone() for n, p in params.items() if ".lora_B." in n})
+    for name, weight in trained.items():
+        params[name].data.copy_(weight)
+    scale_lora_update(model, scale)
 
 
 def main() -> None:
@@ -79,26 +58,26 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
 
-    from train.chat import encode_example
     from train.domain_eval import load_jsonl, text_perplexity
-    from train.inputs import conversations, load_model, load_tokenizer, read_examples, torch_setup
+    from train.evaluate import heldout_loss
+    from train.inputs import load_model, load_tokenizer, read_examples, torch_setup
 
     torch_setup(args.threads)
     tok = load_tokenizer(args.adapter)
     val = read_examples(args.dataset, split="validation")[:args.rows]
-    encoded = [encode_example(tok, c, max_length=args.max_length) for c in conversations(val)]
     general = [r["text"] for r in load_jsonl(args.general)]
     reports = {p.name: [r["text"] for r in load_jsonl(p)] for p in args.report}
     scales = [float(s) for s in args.scales.split(",")]
-    print(f"{len(encoded)} validation rows, {len(general)} general validation texts, scales {scales}", flush=True)
+    print(f"{len(val)} validation rows, {len(general)} general validation texts, scales {scales}", flush=True)
 
     model = load_model(args.base, adapter=args.adapter)
-    originals: dict = {}
+    trained: dict = {}
     results = {}
     for s in [0.0] + scales:  # 0 = the base model, the reference for the perplexity rise
         t0 = time.perf_counter()
-        set_scale(model, s, originals)
-        r = {"answer": answer_loss(model, encoded) if encoded else {"loss": float("nan"), "tokens": 0},
+        set_scale(model, s, trained)
+        r = {"answer": heldout_loss(model, tok, val, max_length=args.max_length, batch_size=4) if val
+             else {"loss": float("nan"), "tokens": 0},
              "general": text_perplexity(model, tok, general)}
         r |= {name: text_perplexity(model, tok, texts) for name, texts in reports.items()}
         results[s] = r

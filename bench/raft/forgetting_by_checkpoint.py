@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 
 
 def main() -> None:
@@ -35,10 +36,14 @@ def main() -> None:
     results = {}
     for name, adapter in arms:
         model = load_model(args.base, adapter=adapter)
-        results[name] = text_perplexity(model, tokenizer, texts)
-        if args.per_text:
-            results[name]["per_text"] = {r.get("id", str(i)): text_perplexity(model, tokenizer, [r["text"]])
-                                         for i, r in enumerate(rows)}
+        if args.per_text:  # the whole set's figure from the texts' (token-weighted losses), not a second pass
+            per_text = {r.get("id", str(i)): text_perplexity(model, tokenizer, [r["text"]]) for i, r in enumerate(rows)}
+            tokens = sum(v["tokens"] for v in per_text.values())
+            loss = sum(v["loss"] * v["tokens"] for v in per_text.values()) / max(tokens, 1)
+            results[name] = {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens,
+                             "per_text": per_text}
+        else:
+            results[name] = text_perplexity(model, tokenizer, texts)
         del model
     base = results["base"]["perplexity"]
     for name, r in results.items():
