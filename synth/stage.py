@@ -121,6 +121,10 @@ class SynthStage(Stage[SynthConfig]):
         if cfg.judge.teacher is not None and cfg.judge.teacher.kind == "extractive":
             raise ConfigError("synth: judge.teacher must be an LLM", received="extractive", expected="openai or transformers",
                               fix="drop judge.teacher to judge with the generation teacher")
+        if cfg.teacher.sentence_questions:
+            from synth.sentences import check_installed
+
+            check_installed(cfg.teacher.spacy_model)
         if cfg.raft is not None and len(cfg.inputs or []) < 2:
             raise ConfigError("synth: 'raft' retrieves passages with the recipe's index step", received=str(cfg.inputs),
                               expected="inputs naming the chunk step, then the index step",

