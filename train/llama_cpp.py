@@ -53,8 +53,36 @@ def bindings():
 
         lib.llama_log_set(_route, ctypes.c_void_p(0))
         lib.llama_backend_init()
+        if not extra_buffers():
+            defaults = lib.llama_model_default_params
+
+            def _no_extra_buffers():
+                params = defaults()
+                params.use_extra_bufts = False
+                return params
+
+            # every model this process loads (GGUFModel, and llama_cpp.Llama in ask/serve, which looks the
+            # function up on this module at load time) gets llama.cpp's plain CPU weight buffers
+            lib.llama_model_default_params = _no_extra_buffers
         _state.update(lib=lib, log_callback=_route)  # the callback must outlive every call into llama.cpp
     return _state["lib"]
+
+
+def extra_buffers() -> bool:
+    """Whether llama.cpp may put weights in its "extra" CPU buffer types (repacked layouts, Intel AMX).
+
+    Not on a CPU with AMX: there llama.cpp's AMX buffer segfaults in ``ggml_backend_amx_mul_mat`` on the first
+    evaluation of a Q8_0 Gemma-3 file (llama-cpp-python 0.3.36, seen on a Xeon with amx_int8; upstream
+    ggml-org/llama.cpp#20824). Off, as llama-server's ``--no-repack``, weights stay in the plain CPU buffer.
+    ``SLMFORGE_LLAMA_EXTRA_BUFFERS=1`` / ``0`` forces it either way."""
+    forced = os.environ.get("SLMFORGE_LLAMA_EXTRA_BUFFERS")
+    if forced in ("0", "1"):
+        return forced == "1"
+    try:
+        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return True
+    return " amx_int8" not in flags
 
 
 def default_threads(threads: int | None) -> int:

@@ -238,3 +238,26 @@ def test_verify_files_reuses_given_reference_logits(tiny):
         assert reused[key] == pytest.approx(fresh[key], rel=1e-6, abs=1e-12), key
     shifted = verify_files(tiny["model"], seqs, [tiny["f16"]], threads=2, reference_logits=[c * 2 for c in cached])
     assert shifted["t-F16.gguf"]["kld_mean"] > 100 * max(fresh["kld_mean"], 1e-9)
+
+
+def _amx_cpu() -> bool:
+    cpuinfo = Path("/proc/cpuinfo")
+    return cpuinfo.is_file() and " amx_int8" in cpuinfo.read_text(errors="replace")
+
+
+@pytest.mark.parametrize("forced", ["0", "1", None])
+def test_extra_buffer_types_are_off_when_asked_or_on_an_amx_cpu(forced):
+    """llama.cpp's AMX weight buffer segfaults on Gemma-3 Q8_0 files (upstream #20824): on a CPU with AMX every
+    model this process loads, ours and llama_cpp.Llama's, gets plain CPU buffers; the variable forces either way."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import llama_cpp, train.llama_cpp as L; L.bindings(); "
+            "print(llama_cpp.llama_cpp.llama_model_default_params().use_extra_bufts)")
+    env = {k: v for k, v in os.environ.items() if k != "SLMFORGE_LLAMA_EXTRA_BUFFERS"}
+    if forced is not None:
+        env["SLMFORGE_LLAMA_EXTRA_BUFFERS"] = forced
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    expected = forced == "1" if forced is not None else not _amx_cpu()
+    assert out.stdout.strip() == str(expected)
