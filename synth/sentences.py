@@ -26,7 +26,7 @@ _WITH_NOUNS = ("What does {t} say about {n1}?", "How does {t} deal with {n1} and
                "When I use {t}, what about {n1}?", "Is there anything about {n1} and {n2} in {t}?")
 #: sentences that state a rule, a limit or a default: what users ask about
 _CUE = re.compile(r"\b(?:not|cannot|must|only|never|always|default|error|warning|unless|if|requires?|fails?|"
-                  r"unless|instead|otherwise|same|equivalent|identical|ignored)\b", re.I)
+                  r"instead|otherwise|same|equivalent|identical|ignored)\b", re.I)
 _CODE_FENCE = re.compile(r"^[ \t]*```.*?^[ \t]*```[ \t]*$", re.M | re.S)
 _ITEM = re.compile(r"^[ \t]*(?:[-*]|\d+\.)[ \t]+(?:(?:\*\*|`)[^\n]*?(?:\*\*|`)[ \t]*:[ \t]+)?")
 _PRONOUN_SUBJ = {"it", "this", "that", "they", "these", "those", "which", "there", "he", "she", "we", "you", "i"}
