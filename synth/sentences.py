@@ -15,7 +15,7 @@ import re
 import zlib
 from typing import Any
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, require_spacy_pipeline
 from synth.extractive import QA
 
 #: frames with the page title; {s}: the sentence's subject phrase, {n1}/{n2}: its other noun phrases
@@ -35,15 +35,8 @@ _DETERMINERS = ("the ", "a ", "an ", "this ", "that ", "these ", "those ", "its 
 
 def check_installed(name: str) -> None:
     """A clear error, before any work, when the spaCy pipeline ``name`` is not installed."""
-    import spacy.util
-
-    from pathlib import Path
-
-    if not (spacy.util.is_package(name) or (Path(name) / "meta.json").is_file()):
-        raise ConfigError(f"synth: spaCy pipeline {name!r} is not installed (sentence_questions parse sentences)",
-                          received=name, expected="an installed spaCy pipeline package with a parser",
-                          fix="pip install --no-deps --require-hashes -r requirements/spacy-model.txt, "
-                              "or set 'sentence_questions: 0'")
+    require_spacy_pipeline(name, needed_by="synth: sentence_questions parse sentences",
+                           otherwise="set 'sentence_questions: 0'")
 
 
 def load_pipeline(name: str):

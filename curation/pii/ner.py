@@ -10,7 +10,7 @@ import bisect
 import re
 from dataclasses import dataclass
 
-from schemas.errors import ConfigError
+from schemas.errors import require_spacy_pipeline
 
 NER_ENTITIES = {"PERSON", "LOCATION", "DATE_TIME"}
 #: score of a (filtered) NER span: above the default threshold 0.5 and below every pattern/context score
@@ -126,14 +126,7 @@ def spacy_engine(config, entities: list[str]):
                     out.append(r)
             return out
 
-    from pathlib import Path
-
-    if not (spacy.util.is_package(config.spacy_model) or (Path(config.spacy_model) / "meta.json").is_file()):
-        raise ConfigError(
-            f"spaCy pipeline {config.spacy_model!r} is not installed", received=config.spacy_model,
-            expected="an installed spaCy pipeline package or a pipeline directory (with meta.json)",
-            fix="pip install --no-deps --require-hashes -r requirements/spacy-model.txt, or set mode: patterns",
-        )
+    require_spacy_pipeline(config.spacy_model, needed_by="PII mode 'ner'", otherwise="set mode: patterns")
     nlp = spacy.load(config.spacy_model, disable=["parser", "senter", "tagger", "attribute_ruler", "lemmatizer"])
     nlp.max_length = max(nlp.max_length, config.chunk_chars + 1)
     ner_conf = NerModelConfiguration(
