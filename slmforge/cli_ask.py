@@ -88,6 +88,8 @@ def register(app: typer.Typer) -> None:
                                                        "(1.0: none; default: the bundle's)."),
         loop_ngram: Optional[int] = typer.Option(None, min=0, max=64, help="Cut the answer when its last N tokens "
                                                  "repeat earlier ones (0: off; default: the bundle's)."),
+        quote: Optional[bool] = typer.Option(None, "--quote/--no-quote", help="Open-book answers quote a span of "
+                                             "one passage and cite it (default: the bundle's)."),
         threads: Optional[int] = typer.Option(None, min=1, help="llama.cpp CPU threads (default: the physical cores)."),
     ) -> None:
         """Answer a question (or a file of them) with citations, from a bundle, through llama.cpp."""
@@ -106,7 +108,7 @@ def register(app: typer.Typer) -> None:
                 # checked before the first answer; None keeps the bundle's setting
                 reader.generation.override(max_tokens=max_tokens, repeat_penalty=repeat_penalty, loop_ngram=loop_ngram)
                 kw = dict(k=k, closed_book=closed_book or not reader.has_index, max_tokens=max_tokens,
-                          repeat_penalty=repeat_penalty, loop_ngram=loop_ngram)
+                          repeat_penalty=repeat_penalty, loop_ngram=loop_ngram, quote=quote)
                 if rows is None:
                     _print_answer(out, reader.answer(question, **kw))
                     if not reader.has_index and not closed_book:

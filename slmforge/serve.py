@@ -5,8 +5,8 @@ format and generates with llama.cpp (greedy, so ``temperature``/``top_p`` are ig
 OpenAI's ``chat.completion`` object plus ``citations`` and ``passages`` (``stream: true``: server-sent
 ``chat.completion.chunk`` events, the last one with ``citations`` and ``passages``). ``GET /v1/models``
 lists the bundle's model. ``max_tokens`` (or ``max_completion_tokens``) overrides the bundle's answer length.
-Extension fields of a request: ``k`` (passages), ``closed_book``, ``repeat_penalty`` and ``loop_ngram`` (the
-bundle's generation controls, train/generation.py).
+Extension fields of a request: ``k`` (passages), ``closed_book``, ``repeat_penalty``, ``loop_ngram`` and ``quote``
+(the bundle's generation controls, train/generation.py).
 
 Every request needs ``Authorization: Bearer <key>``. The key is random (32 bytes), made on the first serve
 and stored 0600 in a 0700 folder (``$XDG_STATE_HOME/slmforge`` or ``~/.local/state/slmforge``); it is
@@ -102,13 +102,16 @@ def _request(reader, body: dict[str, Any]) -> dict[str, Any]:
         raise _Error(HTTPStatus.BAD_REQUEST, "'repeat_penalty' must be a number 0.5-2.0 (1.0: none)")
     if ngram is not None and (not isinstance(ngram, int) or isinstance(ngram, bool)):
         raise _Error(HTTPStatus.BAD_REQUEST, "'loop_ngram' must be an integer: 0 (off) or 2-64")
+    quote = body.get("quote")
+    if quote is not None and not isinstance(quote, bool):
+        raise _Error(HTTPStatus.BAD_REQUEST, "'quote' must be true or false")
     try:  # the ranges, checked by the same code as ask's flags
         reader.generation.override(max_tokens=max_tokens, repeat_penalty=penalty, loop_ngram=ngram)
     except SlmforgeError as exc:
         raise _Error(HTTPStatus.BAD_REQUEST, str(exc)) from None
     # a bundle without an index answers closed-book (said in its card and in /v1/models)
     return {"question": question, "history": history, "k": k, "max_tokens": max_tokens,
-            "repeat_penalty": penalty, "loop_ngram": ngram, "closed_book": closed or not reader.has_index}
+            "repeat_penalty": penalty, "loop_ngram": ngram, "quote": quote, "closed_book": closed or not reader.has_index}
 
 
 def _extras(ans) -> dict[str, Any]:

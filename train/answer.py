@@ -176,25 +176,28 @@ class Reader:
 
     def answer(self, question: str, *, k: int | None = None, closed_book: bool = False,
                max_tokens: int | None = None, repeat_penalty: float | None = None, loop_ngram: int | None = None,
-               history: list[dict[str, str]] | None = None) -> Answer:
+               quote: bool | None = None, history: list[dict[str, str]] | None = None) -> Answer:
         """Answer ``question`` with citations (the keywords as :meth:`stream`)."""
         for piece in self.stream(question, k=k, closed_book=closed_book, max_tokens=max_tokens,
-                                 repeat_penalty=repeat_penalty, loop_ngram=loop_ngram, history=history):
+                                 repeat_penalty=repeat_penalty, loop_ngram=loop_ngram, quote=quote, history=history):
             if isinstance(piece, Answer):
                 return piece
         raise AssertionError("stream() ends with an Answer")
 
     def stream(self, question: str, *, k: int | None = None, closed_book: bool = False,
                max_tokens: int | None = None, repeat_penalty: float | None = None, loop_ngram: int | None = None,
-               history: list[dict[str, str]] | None = None) -> Iterator[str | Answer]:
+               quote: bool | None = None, history: list[dict[str, str]] | None = None) -> Iterator[str | Answer]:
         """Answer ``question`` (after the earlier turns ``history``, if any): yields the answer's text pieces as they
         become final, then the whole :class:`Answer`. ``max_tokens``/``repeat_penalty``/``loop_ngram`` override
-        the bundle's generation controls for this answer (None: the bundle's)."""
-        gen = self.generation.override(max_tokens=max_tokens, repeat_penalty=repeat_penalty, loop_ngram=loop_ngram)
+        the bundle's generation controls for this answer (None: the bundle's); so does ``quote`` (quote a span of a
+        passage, train/copying.py)."""
+        gen = self.generation.override(max_tokens=max_tokens, repeat_penalty=repeat_penalty, loop_ngram=loop_ngram,
+                                       quote=quote)
         pieces: list[str] = []
         with self._lock:  # released when the generator ends or is closed (a client that went away)
             p = self._prepare(question, k=k, closed_book=closed_book, generation=gen, history=history)
-            for text, n, finish in decode(self.llm, p["ids"], gen):
+            texts = [x.text for x in p["passages"]] if p["passages"] else None
+            for text, n, finish in decode(self.llm, p["ids"], gen, passages=texts):
                 if finish is None:
                     pieces.append(text)
                     yield text

@@ -222,7 +222,8 @@ def bundle_card(card: str, *, manifest: dict[str, Any]) -> str:
                else f"`{manifest['default_gguf']}`")
     lines = ["", "## Bundle", "",
              f"Default GGUF: {default} (llama.cpp, n_ctx {llama['n_ctx']}, greedy, {length}; stops at the end of "
-             f"turn; repeat penalty {llama.get('repeat_penalty', 1.0):g}; {guard}).",
+             f"turn; repeat penalty {llama.get('repeat_penalty', 1.0):g}; {guard}"
+             + ("; open-book answers quote a span of a passage and cite it" if llama.get("quote") else "") + ").",
              *([f"Also carried: the base GGUF + LoRA adapter pair `{pair['base']}` + `{pair['adapter']}` "
                 f"(`--gguf {PAIR}`)."] if pair and manifest["default_gguf"] != PAIR else []),
              f"Prompt format fingerprint: `{manifest['prompt_format']['fingerprint']}` "
@@ -297,7 +298,7 @@ class BundleStage(Stage[BundleConfig]):
             "chat_template": {"file": TEMPLATE_FILE, "bos_token": info["bos_token"], "eos_token": info["eos_token"]},
             "llama": {"n_ctx": n_ctx, "trained_context_length": trained_ctx, "temperature": 0.0,
                       "max_new_tokens": max_new, "max_new_tokens_from": sized, "repeat_penalty": cfg.repeat_penalty,
-                      "loop_ngram": cfg.loop_ngram},
+                      "loop_ngram": cfg.loop_ngram, "quote": cfg.quote},
         }
         card = (export / "README.md").read_text() if (export / "README.md").is_file() else f"# {manifest['model_name']}\n"
         write_text(bundle_card(card, manifest=manifest), out / "README.md")

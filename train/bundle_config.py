@@ -50,6 +50,11 @@ class BundleConfig(StageConfig):
         "answer is cut where the repeat began (finish_reason 'loop'). 0: off; else 2-64 tokens (ask --loop-ngram "
         "/ the request's loop_ngram override). 16: 2 of the 1,426 PostgreSQL training answers repeat a 16-token "
         "span (SQL synopses), 6 a 12-token one, 32 an 8-token one.")
+    quote: bool = Field(
+        False,
+        description="Open-book answers quote the passages: each token is the model's best-ranked one that keeps the answer a span of "
+        "a retrieved passage, and the answer is cited as that passage (train/copying.py; ask --quote/--no-quote, the "
+        "request's quote field). For a reader trained on extractive answers; closed-book answers are never constrained.")
     prompt_format: PromptFormat = Field(
         default_factory=PromptFormat,
         description="The retrieval prompt format (schemas/prompt_format.py): system text, passage template, question "

@@ -181,6 +181,8 @@ class OpenBookConfig(Strict):
         "page or source), evaluated besides the held-out split, e.g. data/eval/postgres_questions.jsonl."
     )
     max_questions: int = Field(64, ge=1, le=100_000, description="At most this many questions of the question file (first in file order).")
+    quote: bool = Field(False, description="Open-book answers quote a span of a passage and cite it (base and tuned "
+                       "alike): the decoding a bundle with quote: true serves (train/copying.py).")
     prompt_format: PromptFormat = Field(
         default_factory=PromptFormat, description="The retrieval prompt format; must be the one the RAFT rows were "
         "rendered with (checked against the fingerprint the rows record)."

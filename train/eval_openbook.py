@@ -207,10 +207,12 @@ def check_prompt_format(rows: list[dict], fmt: PromptFormat) -> None:
 
 
 def run_four_way(models: Mapping[str, Any], tokenizer, question_sets: Mapping[str, list[Question]], index, *, k: int,
-                 fmt: PromptFormat, generate, max_new_tokens: int, progress=lambda n: None) -> tuple[dict[str, Any], list[dict]]:
+                 fmt: PromptFormat, generate, max_new_tokens: int, quote: bool = False,
+                 progress=lambda n: None) -> tuple[dict[str, Any], list[dict]]:
     """``models``: name ('base', 'tuned') -> a callable returning the loaded model; ``generate(model, tokenizer,
-    prompts, max_new_tokens=...)`` -> answers (train.evaluate.generate_answers). Returns (results per question
-    set, one sample per question and cell)."""
+    prompts, max_new_tokens=..., passages=...)`` -> answers (train.evaluate.generate_answers). ``quote``: open-book
+    answers (base and tuned alike) quote a span of a passage, as the bundle's ``quote`` does when served. Returns
+    (results per question set, one sample per question and cell)."""
     for qs in question_sets.values():
         retrieve(qs, index, k)
     answers: dict[tuple[str, str, str], list[str]] = {}
@@ -218,8 +220,9 @@ def run_four_way(models: Mapping[str, Any], tokenizer, question_sets: Mapping[st
         model = load()
         for name, qs in question_sets.items():
             for book in ("closed", "open"):
+                texts = [[p["text"] for p in q.passages] for q in qs] if quote and book == "open" else None
                 answers[(who, name, book)] = generate(model, tokenizer, prompts(qs, open_book=book == "open", fmt=fmt),
-                                                      max_new_tokens=max_new_tokens)
+                                                      max_new_tokens=max_new_tokens, passages=texts)
         progress(1)
         del model
     results, samples = {}, []

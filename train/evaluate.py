@@ -56,21 +56,61 @@ def heldout_loss(model, tokenizer, rows: list[dict], *, max_length: int, batch_s
     return {"loss": mean, "perplexity": math.exp(min(mean, 50.0)), "tokens": count}
 
 
-def generate_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int) -> list[str]:
-    """Greedy answers, one prompt at a time (no padding effects), stopping at the end-of-turn token."""
+def generate_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int,
+                     passages: list[list[str] | None] | None = None) -> list[str]:
+    """Greedy answers, one prompt at a time (no padding effects), stopping at the end-of-turn token. ``passages``
+    (per prompt, the texts of its passages, or None): those answers copy a span of a passage and cite it, as
+    ``ask --quote`` does in llama.cpp (train/copying.py)."""
     import torch
 
     device = model_device(model)
     answers = []
-    for msgs in prompts:
+    for i, msgs in enumerate(prompts):
         ids = tokenizer.apply_chat_template(msgs, tokenize=True, add_generation_prompt=True, return_dict=True,
                                             return_tensors="pt")["input_ids"].to(device)
+        texts = passages[i] if passages else None
+        copier, processors = _quote_processors(tokenizer, texts, ids.shape[1]) if texts else (None, None)
         with torch.no_grad():
             out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                 do_sample=False, eos_token_id=tokenizer.eos_token_id,
+                                 do_sample=False, eos_token_id=tokenizer.eos_token_id, logits_processor=processors,
                                  pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id)
-        answers.append(tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip())
+        answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+        cite = copier.citation() if copier is not None else None
+        answers.append(f"{answer} [{cite}]" if cite is not None else answer)
     return answers
+
+
+def _quote_processors(tokenizer, passages: list[str], start: int):
+    """A :class:`train.copying.SpanCopier` and the transformers logits processor that makes greedy generation emit
+    its choice (the end-of-sequence token where the span ends). A token's text is what it adds to the decoded answer."""
+    import torch
+    from transformers import LogitsProcessor, LogitsProcessorList
+
+    from train.copying import SpanCopier
+
+    ends = {tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(t) for t in ("<end_of_turn>", "<|im_end|>",
+                                                                                   "<|eot_id|>") if t in tokenizer.get_vocab())}
+    state = {"ids": [], "text": ""}
+
+    def piece(tok: int) -> str:
+        return tokenizer.decode(state["ids"] + [tok], skip_special_tokens=True)[len(state["text"]):]
+
+    copier = SpanCopier(passages, piece=piece, is_end=lambda t: t in ends)
+
+    class Copy(LogitsProcessor):
+        def __call__(self, input_ids, scores):
+            done = input_ids[0, start:].tolist()
+            while len(state["ids"]) < len(done):  # the token chosen at the previous step
+                copier.advance(done[len(state["ids"])])
+                state["ids"].append(done[len(state["ids"])])
+                state["text"] = tokenizer.decode(state["ids"], skip_special_tokens=True)
+            ranked = torch.topk(scores[0], min(copier.top, scores.shape[-1])).indices.tolist()
+            tok = copier.choose(ranked)
+            out = torch.full_like(scores, -float("inf"))
+            out[0, tokenizer.eos_token_id if tok is None else tok] = 0.0
+            return out
+
+    return copier, LogitsProcessorList([Copy()])
 
 
 def prompts_and_references(rows: list[dict]) -> tuple[list[list[dict]], list[str]]:
@@ -226,7 +266,7 @@ class EvalStage(Stage[EvalConfig]):
         models = {"base": lambda: load_model(inputs.base_model),
                   "tuned": lambda: load_model(inputs.base_model, adapter=inputs.adapter)}
         return ob.run_four_way(models, tokenizer, sets, index, k=ocfg.k, fmt=ocfg.prompt_format, generate=generate_answers,
-                               max_new_tokens=self.config.max_new_tokens, progress=ctx.progress)
+                               max_new_tokens=self.config.max_new_tokens, quote=ocfg.quote, progress=ctx.progress)
 
     def summary(self, stats):
         return [(m, f"base {stats.get(f'base_{m}')} -> tuned {stats.get(f'tuned_{m}')}")

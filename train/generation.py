@@ -8,17 +8,20 @@
   ``max_tokens``, or the loop guard: when the last ``loop_ngram`` generated tokens already occurred earlier in
   the same answer, the model has started to repeat itself; the answer is cut where the repeat began
   (``finish_reason`` ``"loop"``). While streaming, the last ``loop_ngram - 1`` tokens are held back until they
-  are known not to start a repeat, so no text is sent that the final answer drops.
+  are known not to start a repeat, so no text is sent that the final answer drops. With ``quote`` on and passages
+  given, each token is the model's best-ranked one that keeps the answer a span of a passage, and the answer is
+  cited as ``[n]`` (train/copying.py).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from schemas.errors import ConfigError
+from train.copying import SpanCopier
 
 #: used for bundles written before these settings were recorded (bundle.json without them)
 DEFAULT_REPEAT_PENALTY = 1.0
@@ -32,18 +35,20 @@ class Generation:
     max_tokens: int
     repeat_penalty: float = DEFAULT_REPEAT_PENALTY
     loop_ngram: int = DEFAULT_LOOP_NGRAM
+    #: open-book answers quote a span of a passage and cite it (train/copying.py)
+    quote: bool = False
 
     @classmethod
     def from_manifest(cls, llama: dict[str, Any]) -> Generation:
         return cls(max_tokens=int(llama["max_new_tokens"]),
                    repeat_penalty=float(llama.get("repeat_penalty", DEFAULT_REPEAT_PENALTY)),
-                   loop_ngram=int(llama.get("loop_ngram", DEFAULT_LOOP_NGRAM)))
+                   loop_ngram=int(llama.get("loop_ngram", DEFAULT_LOOP_NGRAM)), quote=bool(llama.get("quote", False)))
 
     def override(self, *, max_tokens: int | None = None, repeat_penalty: float | None = None,
-                 loop_ngram: int | None = None) -> Generation:
+                 loop_ngram: int | None = None, quote: bool | None = None) -> Generation:
         """These settings with the given ones replaced (None: keep), checked."""
         new = replace(self, **{k: v for k, v in (("max_tokens", max_tokens), ("repeat_penalty", repeat_penalty),
-                                                  ("loop_ngram", loop_ngram)) if v is not None})
+                                                  ("loop_ngram", loop_ngram), ("quote", quote)) if v is not None})
         if new.max_tokens < 1:
             raise ConfigError("max tokens must be at least 1", received=new.max_tokens, fix="pass a positive number")
         if not 0.5 <= new.repeat_penalty <= 2.0:
@@ -80,25 +85,56 @@ def loop_start(tokens: list[int], n: int, seen: dict[tuple[int, ...], int]) -> i
     return None
 
 
-def decode(llm: Any, ids: list[int], gen: Generation) -> Iterator[tuple[str, int | None, str | None]]:
+def _quote_processor(llm: Any, passages: Sequence[str]) -> tuple[SpanCopier, Any]:
+    """A :class:`SpanCopier` over ``passages`` and the llama-cpp-python logits processor that makes greedy decoding
+    emit its choice (an end of generation where the span ends)."""
+    import llama_cpp
+    import numpy as np
+
+    vocab = llm._model.vocab
+    copier = SpanCopier(passages, piece=lambda t: llm.detokenize([t]).decode("utf-8", errors="ignore"),
+                        is_end=lambda t: bool(llama_cpp.llama_vocab_is_eog(vocab, t)))
+    end = int(llama_cpp.llama_vocab_eos(vocab))
+    if not llama_cpp.llama_vocab_is_eog(vocab, end):
+        end = int(llama_cpp.llama_vocab_eot(vocab))
+
+    def constrain(_input_ids: Any, scores: Any) -> Any:
+        top = min(copier.top, scores.shape[-1] - 1)
+        best = np.argpartition(-scores, top)[:top]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        tok = copier.choose(int(t) for t in best)
+        out = np.full_like(scores, -np.inf)
+        out[end if tok is None else tok] = 0.0
+        return out
+
+    return copier, constrain
+
+
+def decode(llm: Any, ids: list[int], gen: Generation,
+           passages: Sequence[str] | None = None) -> Iterator[tuple[str, int | None, str | None]]:
     """Greedy decoding of the prompt ``ids`` in llama.cpp: yields ``(text, None, None)`` for each piece of text that
     is final, then ``("", completion_tokens, finish_reason)`` (``stop``: end of turn, ``length``: ``max_tokens``,
-    ``loop``: the loop guard cut a repeat). The cache keeps the longest prefix shared with the previous prompt."""
+    ``loop``: the loop guard cut a repeat). The cache keeps the longest prefix shared with the previous prompt.
+    ``passages`` (their texts, in prompt order): with ``gen.quote`` the answer quotes a span of one and cites it."""
     import llama_cpp
 
     vocab = llm._model.vocab
+    copier, processor = _quote_processor(llm, passages) if gen.quote and passages else (None, None)
     out: list[int] = []
     sent = 0  # bytes of the answer already yielded
     hold = max(0, gen.loop_ngram - 1)
     seen: dict[tuple[int, ...], int] = {}
     pieces: list[bytes] = []  # pieces[i]: the bytes of out[i]
     finish = "length"
-    tokens = llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=gen.repeat_penalty, reset=True)
+    tokens = llm.generate(ids, top_k=1, top_p=1.0, min_p=0.0, temp=0.0, repeat_penalty=gen.repeat_penalty, reset=True,
+                          logits_processor=llama_cpp.LogitsProcessorList([processor]) if processor else None)
     try:
         for tok in tokens:
             if llama_cpp.llama_vocab_is_eog(vocab, tok):
                 finish = "stop"
                 break
+            if copier is not None:
+                copier.advance(int(tok))
             out.append(int(tok))
             pieces.append(llm.detokenize([tok]))
             cut = loop_start(out, gen.loop_ngram, seen)
@@ -115,6 +151,9 @@ def decode(llm: Any, ids: list[int], gen: Generation) -> Iterator[tuple[str, int
     finally:
         tokens.close()
     rest = b"".join(pieces)[sent:].decode("utf-8", errors="ignore")
+    cite = copier.citation() if copier is not None else None
+    if cite is not None:
+        rest += ("" if b"".join(pieces)[-1:].isspace() else " ") + f"[{cite}]"
     if rest:
         yield rest, None, None
     yield "", len(out), finish

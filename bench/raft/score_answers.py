@@ -11,6 +11,8 @@ The metrics are the open-book eval's (train/eval_openbook.py, train/answer_metri
 * ``prompt_echo``: the answer repeats the prompt (the system text's first sentence, or a passage line's
   ``[n] (source)`` header): a model that dumps its prompt can contain the keywords without answering;
 * ``correct_no_echo``: ``correct`` and not ``prompt_echo``;
+* ``answer_chars``: the median answer length in characters, citations removed. The keyword match favours long
+  answers (a whole paragraph holds more words): read a gain in ``correct`` beside this;
 * with ``--bundle`` (the bundle whose index answered): ``answer_in_passages``, every keyword group is in the
   retrieved passages' text (what a perfect reader could state), and ``correct_when_in_passages``, ``correct`` among
   those questions: it separates retrieval misses from reading misses.
@@ -71,7 +73,8 @@ def score(questions: list, answers: dict[str, dict], *, fmt, chunks: dict[str, s
     for q in questions:
         a = answers[q.id]
         text = a["answer"]
-        row = {"id": q.id, "answer": text, "prompt_echo": float(echoes_prompt(text, fmt))}
+        row = {"id": q.id, "answer": text, "prompt_echo": float(echoes_prompt(text, fmt)),
+               "answer_chars": len(strip_citations(text, fmt))}
         if q.keywords:
             row["correct"] = float(keyword_hit(text, q.keywords))
             row["correct_no_echo"] = row["correct"] * (1.0 - row["prompt_echo"])
@@ -94,9 +97,12 @@ def score(questions: list, answers: dict[str, dict], *, fmt, chunks: dict[str, s
             if m in row:
                 cells[m].append(row[m])
         rows.append(row)
-    return {"questions": len(ids), "open_book": open_book,
-            "metrics": {m: {"value": sum(v) / len(v) if v else None, "n": len(v)} for m, v in cells.items()},
-            "rows": rows}
+    import statistics
+
+    metrics = {m: {"value": sum(v) / len(v) if v else None, "n": len(v)} for m, v in cells.items()}
+    metrics["answer_chars"] = {"value": statistics.median(r["answer_chars"] for r in rows) if rows else None,
+                               "n": len(rows), "median": True}
+    return {"questions": len(ids), "open_book": open_book, "metrics": metrics, "rows": rows}
 
 
 def main() -> None:
@@ -126,11 +132,13 @@ def main() -> None:
     def cell(c: dict, metric: str) -> str:
         if c["value"] is None:
             return "-"
+        if c.get("median"):
+            return f"{c['value']:g} (median, n={c['n']})"
         if metric == "token_f1":
             return f"{c['value']:.3f} (n={c['n']})"
         return f"{c['value']:.3f} ({round(c['value'] * c['n'])}/{c['n']})"
 
-    metrics = ("correct", "correct_no_echo", "prompt_echo", "token_f1", "citation_accuracy", "recall_at_k")
+    metrics = ("correct", "correct_no_echo", "prompt_echo", "token_f1", "citation_accuracy", "recall_at_k", "answer_chars")
     metrics += ("answer_in_passages", "correct_when_in_passages") if chunks is not None else ()
     print(f"{args.questions}: {len(questions)} questions")
     print("| metric | " + " | ".join(results) + " |")

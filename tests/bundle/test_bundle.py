@@ -302,7 +302,9 @@ def test_serve_and_ask_take_the_generation_controls(copied, tmp_path):
         assert out["choices"][0]["finish_reason"] == "stop" and out["usage"]["completion_tokens"] < 30  # cut: a loop
         out = completion(reader, {**msg, "max_tokens": 30, "loop_ngram": 0, "repeat_penalty": 1.0})
         assert out["choices"][0]["finish_reason"] == "length" and out["usage"]["completion_tokens"] == 30
-        for bad in ({"loop_ngram": 1}, {"loop_ngram": "4"}, {"repeat_penalty": 9}, {"max_tokens": True}):
+        out = completion(reader, {**msg, "quote": True, "max_tokens": 30})
+        assert out["citations"] and out["choices"][0]["message"]["content"].endswith("]")
+        for bad in ({"loop_ngram": 1}, {"loop_ngram": "4"}, {"repeat_penalty": 9}, {"max_tokens": True}, {"quote": "yes"}):
             with pytest.raises(_Error) as err:
                 completion(reader, {**msg, **bad})
             assert err.value.status == 400
@@ -313,3 +315,35 @@ def test_serve_and_ask_take_the_generation_controls(copied, tmp_path):
     assert res.exit_code == 0 and "began to repeat itself" in res.output, res.output
     res = CliRunner().invoke(app, ["ask", "-b", str(copied), "Which port?", "--loop-ngram", "1"])
     assert res.exit_code == 2 and "0 (off) or 2-64" in res.output and "Traceback" not in res.output
+
+
+def test_quote_answers_with_a_span_of_a_passage(copied, tmp_path):
+    """With quote on, the tiny model's answer is a span of one retrieved passage (whitespace runs as one space), cited
+    as that passage (the untrained model's own answers are whitespace). ``ask --quote`` takes it."""
+    import re
+
+    from slmforge.cli import app
+    from train.answer import open_reader
+
+    def norm(s):
+        return re.sub(r"\s+", " ", s).strip()
+
+    reader = open_reader(copied, threads=2)
+    try:
+        spans = 0
+        for q, _ in FACTS[:4]:
+            ans = reader.answer(q + "?", quote=True, loop_ngram=4)
+            body = re.sub(r"\s*\[\d+\]$", "", ans.answer)
+            holding = [p.n for p in ans.passages if norm(body) and norm(body) in norm(p.text)]
+            if not body.strip():
+                assert ans.cited == [] and ans.citations == []
+                continue
+            spans += 1
+            assert holding and ans.cited == [holding[0]], (ans.answer, [p.text for p in ans.passages])
+            assert re.search(r"\S \[\d+\]$", ans.answer), ans.answer  # one space before the citation
+            assert ans.citations == [ans.passages[holding[0] - 1].source_id]
+        assert spans >= 2
+    finally:
+        reader.close()
+    res = CliRunner().invoke(app, ["ask", "-b", str(copied), FACTS[0][0] + "?", "--quote", "--threads", "2"])
+    assert res.exit_code == 0 and "passages" in res.output, res.output

@@ -51,3 +51,39 @@ def test_bundle_config_refuses_a_one_token_loop_guard():
 
     with pytest.raises(ValidationError, match="1-token loop guard"):
         BundleConfig(loop_ngram=1)
+
+
+def test_span_copier_keeps_the_answer_a_span_of_a_passage_and_cites_it():
+    """The copier takes the model's best-ranked token that keeps the answer a span of a passage (from a word start,
+    whitespace runs as one space), ends the span where the model ranks an end or a citation first, and cites the
+    first passage that holds it."""
+    from train.copying import SpanCopier
+
+    vocab = {0: "<eos>", 1: "Drop", 2: " the", 3: "  table", 4: " view", 5: " [", 6: "rop", 7: " tables", 8: "\n",
+             9: "", 10: "Cascade"}
+    passages = ["Use RESTRICT to refuse.", "To DROP a thing: Drop the\ntable first, then the view."]
+    c = SpanCopier(passages, piece=vocab.__getitem__, is_end=lambda t: t == 0)
+    assert c.choose([0, 5, 9, 6, 10, 1]) == 1  # no end, citation, empty piece or mid-word start before a first word
+    c.advance(1)
+    assert c.choose([4, 2]) == 2  # " view" does not follow "Drop" in any passage
+    c.advance(2)
+    assert c.choose([7, 3]) == 3  # "\ntable" in the passage matches "  table": whitespace runs compare as one space
+    c.advance(3)
+    assert c.text == "Drop the table" and c.holds(c.text) == [2]
+    assert c.choose([5, 0]) is None  # the model prefers to cite: the span ends
+    assert c.choose([4, 7]) is None  # nothing ranked continues the span
+    assert c.citation() == 2
+    ws = SpanCopier(passages, piece=vocab.__getitem__, is_end=lambda t: t == 0)
+    ws.advance(1), ws.advance(8)
+    assert ws.text == "Drop " and ws.choose([8, 2]) == 2  # whitespace after whitespace adds nothing (it would loop)
+    # nothing copied yet: an end or a citation is not taken, and a passage of which no ranked token is a span ends it
+    empty = SpanCopier(passages, piece=vocab.__getitem__, is_end=lambda t: t == 0)
+    assert empty.choose([0, 5, 6]) is None and empty.citation() is None
+    top = SpanCopier(passages, piece=vocab.__getitem__, is_end=lambda t: t == 0, top=2)
+    assert top.choose([10, 6, 1]) is None and empty.choose([10, 6, 1]) == 1  # only the top 2 are tried
+
+
+def test_quote_is_a_generation_setting_the_call_overrides():
+    g = Generation.from_manifest({"max_new_tokens": 64, "quote": True})
+    assert g.quote and not g.override(quote=False).quote and g.override().quote
+    assert not Generation.from_manifest({"max_new_tokens": 64}).quote

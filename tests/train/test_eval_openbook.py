@@ -134,3 +134,27 @@ def test_slmforge_eval_questions_cli(pipeline, four_way, tmp_path):
                                    "--adapter", str(pipeline["train"]), "--out", str(tmp_path / "ev2"),
                                    "--questions", str(root / "questions.jsonl")])
     assert res.exit_code == 2 and "--index DIR" in res.output and "Loading weights" not in res.output
+
+
+def test_quote_in_the_eval_stage_answers_with_cited_spans(pipeline):
+    """``open_book.quote``'s decoding in transformers: every open-book answer is a span of one of its passages (from a
+    word start) followed by ``[n]`` naming a passage that holds it; without passages nothing is constrained."""
+    import re
+
+    from train.evaluate import generate_answers
+    from train.inputs import load_model, load_tokenizer
+
+    tok = load_tokenizer(pipeline["base"] / "model")
+    model = load_model(pipeline["base"] / "model")
+    fmt = PromptFormat()
+    passages = [[f"{q.rstrip('?')}: {a}" for q, a in (FACTS[d], FACTS[(d + 1) % len(FACTS)])] for d in range(4)]
+    prompts = [fmt.render_messages(f"{FACTS[d][0]}?", [{"source_id": f"doc{d}", "text": t} for t in passages[d]])
+               for d in range(4)]
+    copied = generate_answers(model, tok, prompts, max_new_tokens=12, passages=passages)
+    free = generate_answers(model, tok, prompts, max_new_tokens=12)
+    for answer, texts in zip(copied, passages):
+        m = re.fullmatch(r"(.*\S) \[(\d)\]", answer, flags=re.DOTALL)
+        assert m, answer
+        span = " ".join(m.group(1).split())
+        assert span in " ".join(texts[int(m.group(2)) - 1].split()), (answer, texts)
+    assert copied != free

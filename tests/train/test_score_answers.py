@@ -40,6 +40,7 @@ def test_answer_in_passages_separates_retrieval_misses_from_reading_misses():
     assert (m["answer_in_passages"]["value"], m["answer_in_passages"]["n"]) == (2 / 3, 3)
     assert (m["correct_when_in_passages"]["value"], m["correct_when_in_passages"]["n"]) == (0.5, 2)
     assert m["citation_accuracy"]["value"] == 2 / 3 and m["recall_at_k"]["value"] == 2 / 3
+    assert m["answer_chars"] == {"value": len("Use ROLLBACK"), "n": 3, "median": True}  # 12, 17, 12: citations removed
     # without the bundle's chunks the two columns are absent, the rest unchanged
     plain = sa.score(questions, answers, fmt=PromptFormat())["metrics"]
     assert plain["answer_in_passages"]["n"] == 0 and plain["correct"] == m["correct"]
