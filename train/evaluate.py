@@ -59,7 +59,7 @@ def heldout_loss(model, tokenizer, rows: list[dict], *, max_length: int, batch_s
 def generate_answers(model, tokenizer, prompts: list[list[dict]], *, max_new_tokens: int,
                      passages: list[list[str] | None] | None = None) -> list[str]:
     """Greedy answers, one prompt at a time (no padding effects), stopping at the end-of-turn token. ``passages``
-    (per prompt, the texts of its passages, or None): those answers copy a span of a passage and cite it, as
+    (per prompt, the texts of its passages, or None): those answers quote a span of a passage and cite it, as
     ``ask --quote`` does in llama.cpp (train/copying.py)."""
     import torch
 
@@ -97,7 +97,7 @@ def _quote_processors(tokenizer, passages: list[str], start: int):
 
     copier = SpanCopier(passages, piece=piece, is_end=lambda t: t in ends)
 
-    class Copy(LogitsProcessor):
+    class Quote(LogitsProcessor):
         def __call__(self, input_ids, scores):
             done = input_ids[0, start:].tolist()
             while len(state["ids"]) < len(done):  # the token chosen at the previous step
@@ -110,7 +110,7 @@ def _quote_processors(tokenizer, passages: list[str], start: int):
             out[0, tokenizer.eos_token_id if tok is None else tok] = 0.0
             return out
 
-    return copier, LogitsProcessorList([Copy()])
+    return copier, LogitsProcessorList([Quote()])
 
 
 def prompts_and_references(rows: list[dict]) -> tuple[list[list[dict]], list[str]]:
