@@ -1,16 +1,18 @@
-"""Copy decoding: greedy generation that may only copy a span of the retrieved passages, then cite it.
+"""Quote mode: greedy generation that may only copy a span of the retrieved passages, then cite it.
 
 A RAFT reader trained on the extractive teacher's rows learnt one kind of answer: a contiguous span of a passage,
 followed by ``[n]`` (synth/extractive.py: every answer is a substring of its chunk). A small reader still drifts
-off the passage in the middle of a span and writes a fluent sentence that no passage holds (docs/gemma.md). With
-``copy`` on, each generated token is the model's highest-ranked token that keeps the answer a span of a passage
-(starting at a word boundary; whitespace runs compare as one space). The span ends where the model ranks an end of
-turn or a citation (``[``) above every token that would continue it, or where no highly ranked token continues
-it; the answer is then cited as ``[n]``, the first passage that holds the span. The model still decides where the
-answer starts, how long it is, and which of the passages it comes from; only what no passage says is ruled out.
+off the passage and writes sentences that no passage holds (docs/gemma.md). With ``quote`` on, each generated
+token is the model's highest-ranked token that keeps the answer a span of a passage (starting at a word boundary;
+whitespace runs compare as one space). The span ends where the model ranks an end of turn or a citation (``[``)
+above every token that would continue it, or where none of its ``top`` ranked tokens continues it; the answer is
+then cited as ``[n]``, the first passage that holds the span. The model still decides where the answer starts and
+how long it is; only what no passage says is ruled out. On the Gemma PostgreSQL recipe it answers fewer questions
+right than free decoding (docs/bundle.md, *Quote mode*), so it is off by default.
 
-Pure Python, no heavy imports: :class:`SpanCopier` ranks nothing itself; the decoding loop
-(:func:`train.generation.decode`) hands it the vocabulary ids in the model's order of preference.
+Pure Python, no heavy imports: :class:`SpanCopier` ranks nothing itself; the decoding loops
+(:func:`train.generation.decode`, llama.cpp; ``train.evaluate.generate_answers``, transformers) hand it the
+vocabulary ids in the model's order of preference.
 """
 
 from __future__ import annotations
