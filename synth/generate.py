@@ -110,6 +110,8 @@ class Generator:
         per_chunk = self._sentence_questions(chunks)
         for chunk, sentence_qas in zip(chunks, per_chunk):
             try:
+                if isinstance(sentence_qas, Exception):  # spaCy failed on this chunk alone (_sentence_questions)
+                    raise sentence_qas
                 pairs = extractive.generate(chunk["text"], heading=chunk["heading"], source=chunk["source"],
                                             limit=self.config.teacher.max_questions_per_chunk,
                                             title=chunk.get("title"))
@@ -125,8 +127,10 @@ class Generator:
                             "meta": {"kind": qa.kind, "answer_span": [qa.span_start, qa.span_end]}})
         return out
 
-    def _sentence_questions(self, chunks: list[dict]) -> list[list]:
-        """Sentence questions per chunk (synth/sentences.py); empty lists when ``sentence_questions`` is 0."""
+    def _sentence_questions(self, chunks: list[dict]) -> list[list | Exception]:
+        """Sentence questions per chunk (synth/sentences.py); empty lists when ``sentence_questions`` is 0. When the
+        spaCy pipeline fails on the batch, each chunk is parsed alone, and a chunk it fails on gets the exception
+        (quarantined by the caller, with the chunk's other questions) instead of failing the shard."""
         t = self.config.teacher
         if not t.sentence_questions:
             return [[] for _ in chunks]
@@ -134,7 +138,16 @@ class Generator:
 
         if self._nlp is None:
             self._nlp = sentences.load_pipeline(t.spacy_model)
-        return sentences.generate_many(self._nlp, chunks, limit=t.sentence_questions)
+        try:
+            return sentences.generate_many(self._nlp, chunks, limit=t.sentence_questions)
+        except Exception:  # noqa: BLE001 - narrowed to the chunk below, where it is quarantined with its cause
+            out: list[list | Exception] = []
+            for chunk in chunks:
+                try:
+                    out.append(sentences.generate_many(self._nlp, [chunk], limit=t.sentence_questions)[0])
+                except Exception as exc:  # noqa: BLE001
+                    out.append(exc)
+            return out
 
     def _llm(self, chunks: list[dict], run: Collector, work_dir: Path) -> list[dict]:
         from synth.tasks import self_instruct_task, text_task

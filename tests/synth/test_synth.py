@@ -330,6 +330,43 @@ def test_synth_stage_adds_sentence_questions_when_configured(tmp_path):
     assert more.num_rows == plain.num_rows + kinds["sentence"]
 
 
+def test_a_chunk_spacy_fails_on_is_quarantined_not_the_shard(tmp_path, monkeypatch):
+    """The real pipeline with one more (real) spaCy component that raises on one chunk's text: that chunk is
+    quarantined with the error, every other chunk keeps all its questions; no chunk is lost."""
+    from spacy.language import Language
+
+    from synth import sentences
+
+    if "slmforge_test_boom" not in Language.factories:
+        @Language.component("slmforge_test_boom")
+        def boom(doc):
+            if "Issuing ABORT" in doc.text:
+                raise ValueError("this text breaks the parser")
+            return doc
+
+    real = sentences.load_pipeline
+
+    def with_boom(name):
+        nlp = real(name)
+        nlp.add_pipe("slmforge_test_boom", first=True)
+        return nlp
+
+    monkeypatch.setattr(sentences, "load_pipeline", with_boom)
+    chunks = _chunks(tmp_path, PAGE, DOC, max_chars=600)
+    cfg = SynthConfig(teacher={"kind": "extractive", "max_questions_per_chunk": 4, "sentence_questions": 2})
+    res = SynthStage(cfg).process(chunks, _ctx(tmp_path, "boom"))
+    monkeypatch.setattr(sentences, "load_pipeline", real)
+    good = SynthStage(cfg).process(chunks, _ctx(tmp_path, "good"))
+    bad_ids = {c["id"] for c in chunks.to_pylist() if "Issuing ABORT" in c["text"]}
+    assert len(bad_ids) == 1
+    assert set(res.quarantine.column("id").to_pylist()) == bad_ids
+    assert set(res.quarantine.column("reason").to_pylist()) == {"generator_error:ValueError"}
+    chunk_of = {r["id"]: r["source_ids"][0] for r in good.table.to_pylist()}  # source_ids: [chunk id, document ids]
+    kept = [i for i, c in chunk_of.items() if c not in bad_ids]
+    assert sorted(res.table.column("id").to_pylist()) == sorted(kept)  # the other chunks: every question kept
+    assert res.table.num_rows < good.table.num_rows and good.quarantine.num_rows == 0
+
+
 def test_sentence_questions_are_checked_before_any_work(tmp_path):
     with pytest.raises(ConfigError, match="extractive teacher"):
         SynthConfig(teacher={"kind": "openai", "model": "m", "sentence_questions": 1})
