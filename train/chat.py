@@ -135,12 +135,25 @@ def check_template(tokenizer: Any, *, where: str) -> None:
         )
 
 
-def end_of_turn_id(tokenizer: Any) -> int:
-    """The token that ends an assistant turn: the first special token of the rendered assistant turn's tail."""
+def _trained_turn(tokenizer: Any) -> list[int]:
+    """The trained (``{% generation %}``) token ids of a one-letter assistant turn."""
     probe = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     enc = tokenizer.apply_chat_template(probe, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
-    ids, mask = list(enc["input_ids"]), list(enc["assistant_masks"])
-    trained = [i for i, m in zip(ids, mask) if m]
+    return [i for i, m in zip(enc["input_ids"], enc["assistant_masks"]) if m]
+
+
+def end_of_turn_ids(tokenizer: Any) -> set[int]:
+    """Every token that may end an assistant turn: the special tokens the template writes after the answer
+    (Gemma: ``<end_of_turn>`` and ``<eos>``; ChatML: ``<|im_end|>``), including added tokens marked special, and EOS."""
+    added = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    special = set(tokenizer.all_special_ids) | added
+    return {i for i in _trained_turn(tokenizer) if i in special} | (
+        {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set())
+
+
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that ends an assistant turn: the first special token of the rendered assistant turn's tail."""
+    trained = _trained_turn(tokenizer)
     special = set(tokenizer.all_special_ids)
     tail = [i for i in trained if i in special]
     if tail:

@@ -59,8 +59,7 @@ class SpanCopier:
                 i = hay.find(span, i + 1)
         return out
 
-    def _extended(self, tok: int) -> str | None:
-        piece = self.piece(tok)
+    def _extended(self, piece: str) -> str | None:
         if not piece:
             return None
         text = _norm(self.text + piece)
@@ -79,13 +78,13 @@ class SpanCopier:
             piece = self.piece(tok)
             if self.text.strip() and piece.lstrip().startswith("["):
                 return None
-            text = self._extended(tok)
+            text = self._extended(piece)
             if text and text.strip() and text != self.text and self.holds(text):  # a token that adds nothing loops
                 return tok
         return None
 
     def advance(self, tok: int) -> None:
-        self.text = self._extended(tok) or self.text
+        self.text = self._extended(self.piece(tok)) or self.text
 
     def citation(self) -> int | None:
         """The passage the answer is cited to: the first that holds the whole span (None for an empty answer)."""

@@ -86,10 +86,10 @@ def _quote_processors(tokenizer, passages: list[str], start: int):
     import torch
     from transformers import LogitsProcessor, LogitsProcessorList
 
+    from train.chat import end_of_turn_ids
     from train.copying import SpanCopier
 
-    ends = {tokenizer.eos_token_id, *(tokenizer.convert_tokens_to_ids(t) for t in ("<end_of_turn>", "<|im_end|>",
-                                                                                   "<|eot_id|>") if t in tokenizer.get_vocab())}
+    ends = end_of_turn_ids(tokenizer)
     state = {"ids": [], "text": ""}
 
     def piece(tok: int) -> str:

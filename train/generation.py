@@ -150,10 +150,11 @@ def decode(llm: Any, ids: list[int], gen: Generation,
                 yield text, None, None
     finally:
         tokens.close()
-    rest = b"".join(pieces)[sent:].decode("utf-8", errors="ignore")
+    answer = b"".join(pieces)
+    rest = answer[sent:].decode("utf-8", errors="ignore")
     cite = copier.citation() if copier is not None else None
     if cite is not None:
-        rest += ("" if b"".join(pieces)[-1:].isspace() else " ") + f"[{cite}]"
+        rest += ("" if answer[-1:].isspace() else " ") + f"[{cite}]"
     if rest:
         yield rest, None, None
     yield "", len(out), finish
