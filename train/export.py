@@ -234,8 +234,19 @@ class ExportStage(Stage[ExportConfig]):
         started = time.perf_counter()
         f16_dir = out if "F16" in cfg.quantizations else Path(ctx.work_dir)
         f16 = f16_dir / f"{cfg.model_name}-F16.gguf"
+        smoothing = None
+        if cfg.smooth:
+            from train.q4_calibrate import calibration_sequences
+            from train.smooth import smooth_checked
+
+            with timer("smoothing scales searched and checked"):
+                calib = calibration_sequences(tokenizer, inputs.examples, rows=cfg.smooth_rows + cfg.smooth_check_rows,
+                                              max_length=cfg.calibration_max_length, purpose="choose the smoothing scales on",
+                                              fix="set smooth: false on the export step")
+                smoothing = smooth_checked(merged, calib, check_rows=cfg.smooth_check_rows, max_tokens=cfg.smooth_tokens)
         with timer("F16 GGUF written"):
-            write_gguf(merged, tokenizer, f16, quant="F16", name=cfg.model_name)
+            write_gguf(merged, tokenizer, f16, quant="F16", name=cfg.model_name,
+                       smoothing=smoothing if smoothing is not None and smoothing.kept else None)
         f16_seconds = time.perf_counter() - started
         imatrix, imatrix_info = None, None
         if cfg.imatrix:
@@ -340,7 +351,8 @@ class ExportStage(Stage[ExportConfig]):
         stats = {"merge_max_abs_logit_diff": merge_diff, "merge_check_sequences": merge_n,
                  "precision": str(dtype).removeprefix("torch."), "verify_tokens": sum(len(s) - 1 for s in sequences),
                  "verify_sequences": len(sequences), "verify_seconds": round(verify_seconds, 3),
-                 "imatrix": imatrix_info, "generation": generation, "files": [f for q, f in files.items() if q != "base+lora"],
+                 "imatrix": imatrix_info, "smoothing": smoothing.summary() if smoothing else None,
+                 "generation": generation, "files": [f for q, f in files.items() if q != "base+lora"],
                  # apart from "files": a consumer of those (the bundle) takes each as a whole model on its own
                  "base_lora": files.get("base+lora"),
                  "threads": cfg.threads, "timings": {**timer.seconds,

@@ -71,6 +71,19 @@ def model_card(*, name: str, base: str, stats: dict[str, Any], eval_md: str | No
     if im:
         lines += [f"Importance matrix (`{im['file']}`, llama.cpp's format): {im['sequences']} train-split conversations, "
                   f"{im['tokens']:,} tokens, {im['tensors']} tensors, {im['seconds']:.1f} s.", ""]
+    sm = stats.get("smoothing")
+    if sm:
+        ck = sm.get("check")
+        seen = (f" Whole-model check on {ck['rows']} other train conversations, every product simulated as Q8_0: KLD "
+                f"{ck['kld_plain']:.6f} unscaled vs {ck['kld_smoothed']:.6f} scaled." if ck else "")
+        if sm.get("kept", True):
+            lines += [f"Smoothing (train/smooth.py): the F16 file, and so every file quantised from it, holds the merged "
+                      f"model with its channels rescaled exactly ({sm['scaled']} of {sm['places']} layer inputs, median "
+                      f"exponent {sm['exponent_median']}, chosen on {sm['tokens']:,} train-split positions); the table "
+                      f"compares each file with the unscaled merged model.{seen}", ""]
+        else:
+            lines += [f"Smoothing (train/smooth.py) was searched but **not used**: the scaled model was not closer in the "
+                      f"whole-model check, so the files hold the merged model as it is.{seen}", ""]
     gen = stats.get("generation")
     if gen:
         lines += [f"Stop at end-of-turn in llama.cpp (F16 file, greedy): of {gen['conversations']} held-out conversations fed up "

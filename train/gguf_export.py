@@ -217,13 +217,17 @@ def fast_writer():
 
 def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
                chat_template: str | None = None, q4_0_weights: Mapping[str, np.ndarray] | None = None,
-               raw_tensors: Mapping[str, Any] | None = None, file_type: int | None = None) -> dict[str, Any]:
+               raw_tensors: Mapping[str, Any] | None = None, file_type: int | None = None,
+               smoothing: Any = None) -> dict[str, Any]:
     """Write ``model`` (a merged, non-PEFT HF causal LM, any float dtype) + ``tokenizer`` to ``path``; returns a
     summary. Tensors are streamed: converted and written one at a time after a header built from their shapes.
 
     ``q4_0_weights`` (Q4_0 files only): Q4_0 bytes already rounded (``train.q4_calibrate``), by state-dict
     name, in the model's row order; written instead of rounding those weights here. The architecture
     transforms only permute the rows of 2-D weights, so they apply to rows of blocks alike.
+
+    ``smoothing`` (a ``train.smooth.Smoothing``): exact per-channel rescaling applied to each tensor as it is
+    converted, so the model itself is not changed.
     """
     import gguf
 
@@ -257,7 +261,8 @@ def write_gguf(model: Any, tokenizer: Any, path: Path, *, quant: str, name: str,
         state = model.state_dict()  # references to the model's tensors, no copy
         for hf_name, new, shape, qtype in plan:
             pieces = ([np.asarray(raw_tensors[new].data)] if raw_tensors is not None
-                      else _converted(state, hf_name, qtype, config, arch, q4_0_weights=q4_0_weights))
+                      else _converted(state, hf_name, qtype, config, arch, q4_0_weights=q4_0_weights,
+                                      smoothing=smoothing))
             _write_data(w, pieces, tensor_nbytes(shape, qtype))
             counts[qtype.name] = counts.get(qtype.name, 0) + 1
         w.close()
@@ -271,7 +276,7 @@ BLOCK_VALUES = 1 << 24
 
 
 def _converted(state: Mapping[str, Any], hf_name: str, qtype: Any, config: Any, arch, *,
-               q4_0_weights: Mapping[str, np.ndarray] | None) -> Iterator[np.ndarray]:
+               q4_0_weights: Mapping[str, np.ndarray] | None, smoothing: Any = None) -> Iterator[np.ndarray]:
     """One tensor in the file's encoding, a block of rows at a time where the architecture's transform allows;
     float32 exists only for the block being converted."""
     import gguf
@@ -284,6 +289,8 @@ def _converted(state: Mapping[str, Any], hf_name: str, qtype: Any, config: Any, 
     step = max(1, BLOCK_VALUES // tensor.shape[1]) if tensor.ndim == 2 and arch.row_local(hf_name) else rows
     for start in range(0, rows, step):
         block = tensor[start:start + step].cpu().float().numpy()
+        if smoothing is not None:
+            block = smoothing.apply(hf_name, block, start)
         yield encode_tensor(arch.transform(hf_name, block, config), qtype)
 
 

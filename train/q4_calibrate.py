@@ -51,15 +51,17 @@ from train.gguf_export import pack_q4_0, q4_0_scales
 from train.q4_passes import BLOCK, LayerState, capture, fp_pass, run_layer
 
 
-def calibration_sequences(tokenizer, examples: Path, *, rows: int, max_length: int) -> list[list[int]]:
+def calibration_sequences(tokenizer, examples: Path, *, rows: int, max_length: int,
+                          purpose: str = "calibrate the Q4_0 file with",
+                          fix: str = "set q4_0_method: llama.cpp on the export step") -> list[list[int]]:
     """Token ids of the first ``rows`` train-split conversations (by id), each cut to ``max_length``."""
     from train.chat import encode_example
     from train.inputs import conversations, read_examples
 
     train = read_examples(examples, split="train")[:rows]
     if not train:
-        raise StageError("export: no train-split rows to calibrate the Q4_0 file with", received=str(examples),
-                         fix="give the dataset step train rows, or set q4_0_method: llama.cpp on the export step")
+        raise StageError(f"export: no train-split rows to {purpose}", received=str(examples),
+                         fix=f"give the dataset step train rows, or {fix}")
     return [encode_example(tokenizer, conv, max_length=max_length)["input_ids"] for conv in conversations(train)]
 
 

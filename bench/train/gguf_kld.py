@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--name", default="gemma-3-270m-postgres-sql")
     ap.add_argument("--variants", default="imatrix,gptq", help="extras: imatrix, gptq (files verified side by side), precision (bf16/fp16 reference vs fp32); '' none")
     ap.add_argument("--calibration-rows", type=int, default=128)
+    ap.add_argument("--smooth", action="store_true", help="the export's smooth: true (train/smooth.py)")
     ap.add_argument("--reuse", action="store_true", help="skip the export stage when --out holds its files (extras only)")
     args = ap.parse_args()
 
@@ -53,7 +54,7 @@ def main() -> None:
     out = args.out / "export"
     (out / "_work").mkdir(parents=True, exist_ok=True)
     cfg = ExportConfig(model_name=args.name, quantizations=TYPES, ollama_quantization="Q8_0", threads=args.threads,
-                       verify_tokens=args.verify_tokens)
+                       verify_tokens=args.verify_tokens, smooth=args.smooth)
     ctx = StageContext(stage_dir=out, work_dir=out / "_work", step="export", out_dir=out,
                        inputs={"dataset": args.dataset, "base_model": args.base, "train": args.train})
     if args.reuse and (out / "export.json").exists():  # extras only, on the files of an earlier run
@@ -91,6 +92,8 @@ def main() -> None:
             c = f["calibration"]
             print(f"{f['type']} calibration ({c['method']}): {c['sequences']} train conversations, {c['tokens']} tokens, "
                   f"{c['seconds']:.1f} s (layer forward passes {c['forward_seconds']:.1f} s, rounding {c['rounding_seconds']:.1f} s)")
+    if report.get("smoothing"):
+        print("smoothing:", json.dumps(report["smoothing"]))
     print("merged-model perplexity on the held-out text:", round(report["files"][0]["verify"]["ppl_reference"], 3))
     print("generation:", json.dumps(report["generation"]))
     print("tokenizer:", json.dumps({f["file"]: {k: f["tokenizer"][k] for k in ("chat_renderings", "texts", "failed")}
