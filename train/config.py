@@ -310,17 +310,22 @@ class ExportConfig(StageConfig):
         "and every file is still judged against the unscaled merged model. Measured on the Gemma-3-270M fine-tune: "
         "Q8_0 KLD 0.0030 -> 0.0016, Q4_K_M 0.41 -> 0.046 (docs/train.md).",
     )
-    smooth_rows: int = Field(64, ge=1, le=100_000,
+    smooth_rows: int = Field(16, ge=1, le=100_000,
                              description="smooth: train-split conversations (the first by id) whose activations choose the scales.")
     smooth_check_rows: int = Field(
-        8, ge=0, le=10_000,
+        4, ge=0, le=10_000,
         description="smooth: the next train-split conversations, on which the whole model is simulated with Q8_0 "
         "rounding with and without the scales; the scales are used only if they bring it closer (0: no check).")
-    smooth_tokens: int = Field(2048, ge=64, le=1_000_000,
+    smooth_tokens: int = Field(1024, ge=64, le=1_000_000,
                                description="smooth: evenly spaced positions per layer input kept for the search (memory: "
                                "layers x this x the layer's input widths x 4 bytes).")
     calibration_rows: int = Field(128, ge=1, le=100_000,
                                   description="gptq: train-split conversations (the first by id) whose activations calibrate Q4_0.")
+    calibration_tokens: int | None = Field(
+        16_384, ge=256, le=100_000_000,
+        description="gptq: stop taking calibration conversations once their tokens reach this many (the "
+        "calibration's time grows with it: long RAFT rows made 128 conversations 56k tokens and the Q4_0 file 6 min on "
+        "2 cores); null: all calibration_rows.")
     calibration_max_length: int = Field(512, ge=16, le=131_072,
                                         description="gptq and smooth: tokens per calibration conversation (longer ones are cut).")
     calibration_damp: float = Field(

@@ -270,7 +270,7 @@ class ExportStage(Stage[ExportConfig]):
                 from train.q4_calibrate import calibrate_q4_0, calibration_sequences
 
                 calib = calibration_sequences(tokenizer, inputs.examples, rows=cfg.calibration_rows,
-                                              max_length=cfg.calibration_max_length)
+                                              max_length=cfg.calibration_max_length, tokens=cfg.calibration_tokens)
                 weights, info = calibrate_q4_0(merged, calib, damp=cfg.calibration_damp)
                 write_gguf(merged, tokenizer, path, quant="Q4_0", name=cfg.model_name, q4_0_weights=weights)
                 return info

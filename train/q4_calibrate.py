@@ -53,8 +53,10 @@ from train.q4_passes import BLOCK, LayerState, capture, fp_pass, run_layer
 
 def calibration_sequences(tokenizer, examples: Path, *, rows: int, max_length: int,
                           purpose: str = "calibrate the Q4_0 file with",
-                          fix: str = "set q4_0_method: llama.cpp on the export step") -> list[list[int]]:
-    """Token ids of the first ``rows`` train-split conversations (by id), each cut to ``max_length``."""
+                          fix: str = "set q4_0_method: llama.cpp on the export step",
+                          tokens: int | None = None) -> list[list[int]]:
+    """Token ids of the first ``rows`` train-split conversations (by id), each cut to ``max_length``; with
+    ``tokens``, no further conversation once those taken hold that many tokens."""
     from train.chat import encode_example
     from train.inputs import conversations, read_examples
 
@@ -62,7 +64,14 @@ def calibration_sequences(tokenizer, examples: Path, *, rows: int, max_length: i
     if not train:
         raise StageError(f"export: no train-split rows to {purpose}", received=str(examples),
                          fix=f"give the dataset step train rows, or {fix}")
-    return [encode_example(tokenizer, conv, max_length=max_length)["input_ids"] for conv in conversations(train)]
+    out: list[list[int]] = []
+    taken = 0
+    for conv in conversations(train):
+        if tokens is not None and taken >= tokens:
+            break
+        out.append(encode_example(tokenizer, conv, max_length=max_length)["input_ids"])
+        taken += len(out[-1])
+    return out
 
 
 def _decoder_layers(model) -> Any:

@@ -131,7 +131,7 @@ def _places(model) -> list[dict[str, Any]]:
     return out
 
 
-def smooth_for_q8(model, sequences: Sequence[Sequence[int]], *, max_tokens: int = 2048,
+def smooth_for_q8(model, sequences: Sequence[Sequence[int]], *, max_tokens: int = 1024,
                   progress=None) -> Smoothing:
     """Search the scales on ``sequences`` (train-split token ids) run through ``model``'s decoder (not its output
     layer); ``max_tokens`` evenly spaced positions per place are kept for the search."""
@@ -218,7 +218,7 @@ def smooth_for_q8(model, sequences: Sequence[Sequence[int]], *, max_tokens: int 
     return sm
 
 
-def smooth_checked(model, sequences: Sequence[Sequence[int]], *, check_rows: int, max_tokens: int = 2048) -> Smoothing:
+def smooth_checked(model, sequences: Sequence[Sequence[int]], *, check_rows: int, max_tokens: int = 1024) -> Smoothing:
     """``smooth_for_q8`` on all but the last ``check_rows`` sequences, then the whole-model check on those: the
     scales are kept only if the simulated Q8_0 model (``simulated_q8_kld``) is closer to the model with them than
     without. Each place's search only sees its own product; errors interact across layers (e.g. a rounded token

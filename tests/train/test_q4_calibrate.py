@@ -74,6 +74,8 @@ def tuned(pipeline):
     sequences = calibration_sequences(tok, pipeline["dataset"], rows=128, max_length=512)
     train_rows = len(read_examples(pipeline["dataset"], split="train"))
     assert len(sequences) == train_rows < 128  # every train row, no held-out one
+    budget = sum(map(len, sequences[:3])) - 1  # the third conversation crosses it: three are taken, no more
+    assert calibration_sequences(tok, pipeline["dataset"], rows=128, max_length=512, tokens=budget) == sequences[:3]
     before = {n: p.clone() for n, p in model.state_dict().items()}
     packed, stats = calibrate_q4_0(model, sequences)
     assert all(np.array_equal(before[n].numpy(), p.numpy()) for n, p in model.state_dict().items())  # restored
@@ -167,7 +169,7 @@ def test_export_stage_calibrates_deterministically(tuned):
     assert f"GPTQ with full-precision targets on {n} train-split conversations" in card and "cal-Q4_0.gguf (GPTQ)" in card
     fp = cfg.fingerprint_dict()
     for key, value in (("q4_0_method", "llama.cpp"), ("calibration_rows", 7), ("calibration_max_length", 64),
-                       ("calibration_damp", 0.1)):
+                       ("calibration_damp", 0.1), ("calibration_tokens", 1000)):
         assert cfg.model_copy(update={key: value}).fingerprint_dict() != fp
 
 
