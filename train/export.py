@@ -243,7 +243,8 @@ class ExportStage(Stage[ExportConfig]):
                 calib = calibration_sequences(tokenizer, inputs.examples, rows=cfg.smooth_rows + cfg.smooth_check_rows,
                                               max_length=cfg.calibration_max_length, purpose="choose the smoothing scales on",
                                               fix="set smooth: false on the export step")
-                smoothing = smooth_checked(merged, calib, check_rows=cfg.smooth_check_rows, max_tokens=cfg.smooth_tokens)
+                smoothing = smooth_checked(merged, calib, check_rows=cfg.smooth_check_rows, max_tokens=cfg.smooth_tokens,
+                                           progress=ctx.progress)
         with timer("F16 GGUF written"):
             write_gguf(merged, tokenizer, f16, quant="F16", name=cfg.model_name,
                        smoothing=smoothing if smoothing is not None and smoothing.kept else None)

@@ -134,7 +134,8 @@ def _places(model) -> list[dict[str, Any]]:
 def smooth_for_q8(model, sequences: Sequence[Sequence[int]], *, max_tokens: int = 1024,
                   progress=None) -> Smoothing:
     """Search the scales on ``sequences`` (train-split token ids) run through ``model``'s decoder (not its output
-    layer); ``max_tokens`` evenly spaced positions per place are kept for the search."""
+    layer); ``max_tokens`` evenly spaced positions per place are kept for the search. ``progress(1)`` is called
+    per decoder layer searched (the stage's progress bar)."""
     import torch
 
     places = _places(model)
@@ -211,14 +212,15 @@ def smooth_for_q8(model, sequences: Sequence[Sequence[int]], *, max_tokens: int 
                 sm.columns[w(m.down_proj)] = s
                 divide_rows(m.up_proj, s)
             if progress is not None:
-                progress(i + 1, len(places))
+                progress(1)  # one decoder layer searched
     sm.columns = {k: np.asarray(v, dtype=np.float32) for k, v in sm.columns.items()}
     sm.rows = {k: np.asarray(v, dtype=np.float32) for k, v in sm.rows.items()}
     sm.gains = {k: np.asarray(v, dtype=np.float32) for k, v in sm.gains.items()}
     return sm
 
 
-def smooth_checked(model, sequences: Sequence[Sequence[int]], *, check_rows: int, max_tokens: int = 1024) -> Smoothing:
+def smooth_checked(model, sequences: Sequence[Sequence[int]], *, check_rows: int, max_tokens: int = 1024,
+                   progress=None) -> Smoothing:
     """``smooth_for_q8`` on all but the last ``check_rows`` sequences, then the whole-model check on those: the
     scales are kept only if the simulated Q8_0 model (``simulated_q8_kld``) is closer to the model with them than
     without. Each place's search only sees its own product; errors interact across layers (e.g. a rounded token
@@ -228,7 +230,7 @@ def smooth_checked(model, sequences: Sequence[Sequence[int]], *, check_rows: int
         raise ConfigError(f"export smooth: {len(sequences)} train conversations leave none to choose the scales on "
                           f"after the {check_rows} check rows", received=len(sequences),
                           fix="lower smooth_check_rows (0: no check), or give the dataset step more train rows")
-    sm = smooth_for_q8(model, fit, max_tokens=max_tokens)
+    sm = smooth_for_q8(model, fit, max_tokens=max_tokens, progress=progress)
     if check_rows:
         check = list(sequences[-check_rows:])
         plain, smoothed = simulated_q8_kld(model, check), simulated_q8_kld(model, check, sm)

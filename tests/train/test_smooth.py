@@ -58,8 +58,10 @@ def test_smoothing_is_exact_and_never_raises_the_simulated_error(case):
     from train.smooth import smooth_for_q8
 
     tok, model = _outlier_model(case)
-    sm = smooth_for_q8(model, _sequences(tok, 8), max_tokens=512)
+    ticks: list[int] = []
+    sm = smooth_for_q8(model, _sequences(tok, 8), max_tokens=512, progress=ticks.append)
     layers = model.config.num_hidden_layers
+    assert ticks == [1] * layers  # the stage's progress bar moves once per decoder layer
     assert len(sm.chosen) == 4 * layers
     assert sm.gains and sm.columns and sm.rows
     # the planted outliers are scaled away: q/k/v and gate/up inputs get a scale, and it pays in the simulation
