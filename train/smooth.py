@@ -222,7 +222,7 @@ def smooth_for_q8(model, sequences: Sequence[Sequence[int]], *, max_tokens: int 
 def smooth_checked(model, sequences: Sequence[Sequence[int]], *, check_rows: int, max_tokens: int = 1024,
                    progress=None) -> Smoothing:
     """``smooth_for_q8`` on all but the last ``check_rows`` sequences, then the whole-model check on those: the
-    scales are kept only if the simulated Q8_0 model (``simulated_q8_kld``) is closer to the model with them than
+    scales are kept only if the simulated Q8_0 model (``simulated_q8_klds``) is closer to the model with them than
     without. Each place's search only sees its own product; errors interact across layers (e.g. a rounded token
     embedding with a rescaled q/k/v input), so a search can lower every place's error and still lose overall."""
     fit = list(sequences[:-check_rows]) if check_rows else list(sequences)
@@ -233,7 +233,7 @@ def smooth_checked(model, sequences: Sequence[Sequence[int]], *, check_rows: int
     sm = smooth_for_q8(model, fit, max_tokens=max_tokens, progress=progress)
     if check_rows:
         check = list(sequences[-check_rows:])
-        plain, smoothed = simulated_q8_kld(model, check), simulated_q8_kld(model, check, sm)
+        plain, smoothed = simulated_q8_klds(model, check, [None, sm])
         sm.check = {"rows": len(check), "tokens": sum(len(c) for c in check), "kld_plain": plain, "kld_smoothed": smoothed}
         sm.kept = smoothed < plain
     return sm
@@ -249,50 +249,55 @@ def _search(sm: Smoothing, place: str, x, weight, act, wmax, expand=None):
     return s
 
 
-def simulated_q8_kld(model, sequences: Sequence[Sequence[int]], smoothing: Smoothing | None = None, *,
-                     cache_params: int = 1_000_000_000) -> float:
-    """Mean KL divergence (per position, nats) of ``model`` from itself with every matrix product done as llama.cpp
-    does it for a Q8_0 file -- weight and input each rounded to 8 bits per 32 values, the token embedding's rows
-    rounded too -- with ``smoothing``'s column scales (its row scales only rescale a whole row, which Q8_0's
-    per-block scale follows). Rounded weights are kept for the call when the model has at most ``cache_params``
-    parameters, else rounded again for each sequence, so a large model is not copied."""
+def simulated_q8_klds(model, sequences: Sequence[Sequence[int]], variants: Sequence[Smoothing | None], *,
+                      cache_params: int = 1_000_000_000) -> list[float]:
+    """Per variant, the mean KL divergence (per position, nats) of ``model`` from itself with every matrix product
+    done as llama.cpp does it for a Q8_0 file -- weight and input each rounded to 8 bits per 32 values, the token
+    embedding's rows rounded too -- with that ``Smoothing``'s column scales (None: unscaled; its row scales only
+    rescale a whole row, which Q8_0's per-block scale follows). The reference runs once per sequence for all
+    variants. Rounded weights are kept for the call when the variants' copies together stay within
+    ``cache_params`` parameters, else rounded again for each sequence, so a large model is not copied."""
     import torch
     import torch.nn.functional as F
 
-    columns = {k.removesuffix(".weight"): torch.from_numpy(v) for k, v in (smoothing.columns if smoothing else {}).items()}
+    from train.verify import reference_logp
 
-    cache: dict[str, Any] | None = {} if sum(p.numel() for p in model.parameters()) <= cache_params else None
+    caching = sum(p.numel() for p in model.parameters()) * len(variants) <= cache_params
+    caches: list[dict[str, Any]] = [{} for _ in variants]
 
-    def linear(name):
-        c = columns.get(name)
-
-        def run(mod, inputs, _out):
+    def linear(name, c, cache):
+        def run(mod, inputs, out):
             x = inputs[0].float() if c is None else inputs[0].float() / c
-            w = cache.get(name) if cache is not None else None
+            w = cache.get(name)
             if w is None:
                 w = q8_0(mod.weight.float() if c is None else mod.weight.float() * c)
-                if cache is not None:
+                if caching:
                     cache[name] = w
-            return F.linear(q8_0(x), w, None if mod.bias is None else mod.bias.float()).to(_out.dtype)
+            return F.linear(q8_0(x), w, None if mod.bias is None else mod.bias.float()).to(out.dtype)
         return run
 
-    ref_lp = []
-    with torch.no_grad():
-        for ids in sequences:
-            ref_lp.append(torch.log_softmax(model(input_ids=torch.tensor([list(ids)])).logits[0].float(), -1))
+    def hooked(smoothing, cache) -> list:
+        columns = {k.removesuffix(".weight"): torch.from_numpy(v) for k, v in (smoothing.columns if smoothing else {}).items()}
         handles = []
         for name, mod in model.named_modules():
             if isinstance(mod, torch.nn.Linear) and mod.in_features % BLOCK == 0:
-                handles.append(mod.register_forward_hook(linear(name)))
+                handles.append(mod.register_forward_hook(linear(name, columns.get(name), cache)))
             elif isinstance(mod, torch.nn.Embedding) and mod.embedding_dim % BLOCK == 0:
                 handles.append(mod.register_forward_hook(lambda _m, _i, out: q8_0(out.float()).to(out.dtype)))
-        try:
-            total, n = 0.0, 0
-            for ids, ref in zip(sequences, ref_lp):
-                lp = torch.log_softmax(model(input_ids=torch.tensor([list(ids)])).logits[0].float(), -1)
-                total += float((ref.exp() * (ref - lp)).sum(-1).sum())
-                n += len(ids)
-        finally:
-            for h in handles:
-                h.remove()
-    return total / max(n, 1)
+        return handles
+
+    totals, n = [0.0] * len(variants), 0
+    with torch.no_grad():
+        for ids in sequences:
+            ref = reference_logp(model, ids)
+            p = ref.exp()
+            for i, (smoothing, cache) in enumerate(zip(variants, caches)):
+                handles = hooked(smoothing, cache)
+                try:
+                    lp = torch.log_softmax(model(input_ids=torch.tensor([list(ids)])).logits[0].float(), -1)
+                finally:
+                    for h in handles:
+                        h.remove()
+                totals[i] += float((p * (ref - lp)).sum(-1).sum())
+            n += len(ids)
+    return [t / max(n, 1) for t in totals]
